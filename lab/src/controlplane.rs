@@ -1,0 +1,485 @@
+//! etcd + kube-apiserver on loopback, started and stopped as one unit.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::certs::{self, Pki};
+use crate::runtime_dir::create_unique_dir;
+use crate::{LabError, Tools};
+
+/// How long etcd plus kube-apiserver may take to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a component gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Attempts with fresh ports when one was taken between choosing and binding it.
+const PORT_ATTEMPTS: usize = 3;
+
+/// How to start a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    /// The address kube-apiserver binds and advertises (default 127.0.0.1).
+    pub bind: IpAddr,
+    /// Start the processes in their own process group so that they outlive the starter
+    /// (the lab's `up`); tests leave this off.
+    pub detachable: bool,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            detachable: false,
+        }
+    }
+}
+
+/// A running etcd + kube-apiserver. Dropping it stops both (SIGTERM, then SIGKILL) and
+/// removes its directory, also when a test panics.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    tools: Tools,
+    opts: ControlPlaneOptions,
+    pki: Pki,
+    etcd_client_port: u16,
+    etcd_peer_port: u16,
+    apiserver_port: u16,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+    kubeconfig: PathBuf,
+}
+
+/// What a detached control plane leaves behind so that a later command can find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachedControlPlane {
+    /// The control plane's directory (kubeconfig, logs, PKI, etcd data).
+    pub dir: PathBuf,
+    /// The kubeconfig for the admin.
+    pub kubeconfig: PathBuf,
+    /// The API server URL.
+    pub server: String,
+    /// etcd's PID and binary.
+    pub etcd_pid: i32,
+    /// kube-apiserver's PID and binary.
+    pub apiserver_pid: i32,
+    /// Paths used to check a PID still belongs to our process before signalling it.
+    pub etcd_bin: PathBuf,
+    /// See `etcd_bin`.
+    pub apiserver_bin: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits until `/readyz` answers ok.
+    pub async fn start(opts: ControlPlaneOptions) -> Result<Self, LabError> {
+        let tools = Tools::locate()?;
+        let mut last_err = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = create_unique_dir("podnet-cp")?;
+            match Self::start_in(dir.clone(), tools.clone(), opts.clone()).await {
+                Ok(cp) => return Ok(cp),
+                Err((cp, err)) => {
+                    let port_taken = matches!(&err, LabError::NotReady { tail, .. } if tail.contains("address already in use"));
+                    drop(cp);
+                    if !port_taken {
+                        return Err(err);
+                    }
+                    last_err = Some(err);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(LabError::NotRoot("unreachable")))
+    }
+
+    async fn start_in(
+        dir: PathBuf,
+        tools: Tools,
+        opts: ControlPlaneOptions,
+    ) -> Result<Self, (Option<Self>, LabError)> {
+        let fail = |e| (None, e);
+        let mut server_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        if !server_ips.contains(&opts.bind) {
+            server_ips.push(opts.bind);
+        }
+        let pki = certs::generate(&tools.openssl, &dir, &server_ips).map_err(fail)?;
+        let ports = free_ports(3, opts.bind).map_err(fail)?;
+        let mut cp = Self {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            tools,
+            opts,
+            pki,
+            etcd_client_port: ports[0],
+            etcd_peer_port: ports[1],
+            apiserver_port: ports[2],
+            etcd: None,
+            apiserver: None,
+        };
+        match cp.boot().await {
+            Ok(()) => Ok(cp),
+            Err(e) => Err((Some(cp), e)),
+        }
+    }
+
+    async fn boot(&mut self) -> Result<(), LabError> {
+        self.write_kubeconfig()?;
+        self.start_etcd()?;
+        self.start_apiserver()?;
+        self.wait_ready().await
+    }
+
+    /// The admin kubeconfig (client certificate of group system:masters).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The control plane's directory: logs, PKI, etcd data.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The API server's URL.
+    pub fn server_url(&self) -> String {
+        match self.opts.bind {
+            IpAddr::V4(a) => format!("https://{a}:{}", self.apiserver_port),
+            IpAddr::V6(a) => format!("https://[{a}]:{}", self.apiserver_port),
+        }
+    }
+
+    /// The tools this control plane was started with (kubectl, helm, ...).
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// A kube client authenticated as the admin.
+    pub async fn client(&self) -> Result<kube::Client, LabError> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Runs kubectl against this control plane as the admin and returns its output.
+    pub fn kubectl<I, S>(&self, args: I) -> Result<Output, LabError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Command::new(&self.tools.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(LabError::io("running", self.tools.kubectl.clone()))
+    }
+
+    /// Runs kubectl as the admin with `input` on its standard input.
+    pub fn kubectl_with_input<I, S>(&self, args: I, input: &str) -> Result<Output, LabError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::io::Write;
+        let mut child = Command::new(&self.tools.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(LabError::io("running", self.tools.kubectl.clone()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .map_err(LabError::io("writing to", self.tools.kubectl.clone()))?;
+        }
+        child
+            .wait_with_output()
+            .map_err(LabError::io("running", self.tools.kubectl.clone()))
+    }
+
+    /// Stops kube-apiserver (SIGTERM) and starts it again on the same port and data,
+    /// waiting until it is ready: an API server restart as clients see it.
+    pub async fn restart_apiserver(&mut self) -> Result<(), LabError> {
+        stop_child(self.apiserver.take());
+        self.start_apiserver()?;
+        self.wait_ready().await
+    }
+
+    /// Stops etcd and starts it again on the same data, waiting until the API server is
+    /// ready again.
+    pub async fn restart_etcd(&mut self) -> Result<(), LabError> {
+        stop_child(self.etcd.take());
+        self.start_etcd()?;
+        self.wait_ready().await
+    }
+
+    /// Hands the running processes over to whoever reads the returned record: dropping
+    /// the record does nothing; [`DetachedControlPlane::stop`] stops them.
+    pub fn detach(mut self) -> DetachedControlPlane {
+        let pid = |c: &Option<Child>| c.as_ref().map_or(0, |c| c.id() as i32);
+        let record = DetachedControlPlane {
+            dir: self.dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            server: self.server_url(),
+            etcd_pid: pid(&self.etcd),
+            apiserver_pid: pid(&self.apiserver),
+            etcd_bin: self.tools.etcd.clone(),
+            apiserver_bin: self.tools.kube_apiserver.clone(),
+        };
+        // The children are not ours to stop any more.
+        self.etcd = None;
+        self.apiserver = None;
+        self.dir = PathBuf::new();
+        record
+    }
+
+    fn spawn(&self, program: &Path, args: &[String], log_name: &str) -> Result<Child, LabError> {
+        let log_path = self.dir.join(log_name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(LabError::io("opening", log_path.clone()))?;
+        let err_log = log.try_clone().map_err(LabError::io("opening", log_path))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .current_dir(&self.dir);
+        if self.opts.detachable {
+            // Own process group: a Ctrl-C aimed at the starter does not reach the server.
+            cmd.process_group(0);
+        }
+        cmd.spawn().map_err(LabError::io("starting", program))
+    }
+
+    fn start_etcd(&mut self) -> Result<(), LabError> {
+        let client = format!("http://127.0.0.1:{}", self.etcd_client_port);
+        let peer = format!("http://127.0.0.1:{}", self.etcd_peer_port);
+        let args = vec![
+            "--name=podnet-lab".to_string(),
+            format!("--data-dir={}", self.dir.join("etcd").display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=podnet-lab={peer}"),
+            "--logger=zap".to_string(),
+            "--log-level=warn".to_string(),
+        ];
+        self.etcd = Some(self.spawn(&self.tools.etcd, &args, "etcd.log")?);
+        Ok(())
+    }
+
+    fn start_apiserver(&mut self) -> Result<(), LabError> {
+        let p = |path: &Path| path.display().to_string();
+        let args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_client_port),
+            format!("--bind-address={}", self.opts.bind),
+            format!("--advertise-address={}", self.opts.bind),
+            format!("--secure-port={}", self.apiserver_port),
+            format!("--cert-dir={}", self.dir.join("certs").display()),
+            format!("--tls-cert-file={}", p(&self.pki.server_cert)),
+            format!("--tls-private-key-file={}", p(&self.pki.server_key)),
+            format!("--client-ca-file={}", p(&self.pki.ca_cert)),
+            "--authorization-mode=RBAC".to_string(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
+            format!("--service-account-key-file={}", p(&self.pki.sa_pub)),
+            format!("--service-account-signing-key-file={}", p(&self.pki.sa_key)),
+            // Only object allocation: nothing routes to this range.
+            "--service-cluster-ip-range=198.19.240.0/20".to_string(),
+            // No kubelets or proxies exist to use an endpoint for the API server itself.
+            "--endpoint-reconciler-type=none".to_string(),
+            "--profiling=false".to_string(),
+        ];
+        self.apiserver =
+            Some(self.spawn(&self.tools.kube_apiserver, &args, "kube-apiserver.log")?);
+        Ok(())
+    }
+
+    fn write_kubeconfig(&self) -> Result<(), LabError> {
+        let p = |path: &Path| path.display().to_string();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: podnet-lab\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: podnet-lab-admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: podnet-lab\n  context:\n    cluster: podnet-lab\n    user: podnet-lab-admin\ncurrent-context: podnet-lab\n",
+            server = self.server_url(),
+            ca = p(&self.pki.ca_cert),
+            cert = p(&self.pki.admin_cert),
+            key = p(&self.pki.admin_key),
+        );
+        std::fs::write(&self.kubeconfig, yaml)
+            .map_err(LabError::io("writing", self.kubeconfig.clone()))
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), LabError> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for (component, child, log) in [
+                ("etcd", &mut self.etcd, "etcd.log"),
+                ("kube-apiserver", &mut self.apiserver, "kube-apiserver.log"),
+            ] {
+                if let Some(c) = child
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    return Err(self_not_ready(
+                        &self.dir,
+                        component,
+                        format!("exited with {status}"),
+                        log,
+                    ));
+                }
+            }
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| LabError::Command {
+                    command: "GET /readyz".into(),
+                    stderr: e.to_string(),
+                })?;
+            let last = match tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
+                .await
+            {
+                Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "GET /readyz timed out".into(),
+            };
+            if Instant::now() > deadline {
+                return Err(self_not_ready(
+                    &self.dir,
+                    "kube-apiserver",
+                    format!("/readyz not ok after {READY_TIMEOUT:?}: {last}"),
+                    "kube-apiserver.log",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn self_not_ready(dir: &Path, component: &'static str, reason: String, log: &str) -> LabError {
+    let log = dir.join(log);
+    LabError::NotReady {
+        component,
+        reason,
+        tail: log_tail(&log, 25),
+        log,
+    }
+}
+
+/// The last `n` lines of a log file (empty when unreadable).
+pub(crate) fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        stop_child(self.apiserver.take());
+        stop_child(self.etcd.take());
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`]; always reaps the child.
+fn stop_child(child: Option<Child>) {
+    let Some(mut child) = child else { return };
+    let pid = Pid::from_raw(child.id() as i32);
+    if kill(pid, Signal::SIGTERM).is_ok() {
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `n` distinct ports that were free a moment ago on `ip` (and on loopback for etcd).
+fn free_ports(n: usize, ip: IpAddr) -> Result<Vec<u16>, LabError> {
+    let listeners = (0..n)
+        .map(|_| {
+            TcpListener::bind((ip, 0))
+                .map_err(LabError::io("binding a free port on", ip.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(LabError::io("reading a port of", ip.to_string()))
+        })
+        .collect()
+}
+
+impl DetachedControlPlane {
+    /// Reads the record a detached control plane left in `path`.
+    pub fn load(path: &Path) -> Result<Self, LabError> {
+        let text = std::fs::read_to_string(path).map_err(LabError::io("reading", path))?;
+        serde_json::from_str(&text).map_err(|source| LabError::State {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Writes the record to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), LabError> {
+        let text = serde_json::to_string_pretty(self).map_err(|source| LabError::State {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        std::fs::write(path, text).map_err(LabError::io("writing", path))
+    }
+
+    /// Whether both processes are still running.
+    pub fn is_running(&self) -> bool {
+        owns_pid(self.etcd_pid, &self.etcd_bin) && owns_pid(self.apiserver_pid, &self.apiserver_bin)
+    }
+
+    /// Stops both processes (only if each PID still runs the binary we started) and
+    /// removes the directory.
+    pub fn stop(&self) {
+        for (pid, bin) in [
+            (self.apiserver_pid, &self.apiserver_bin),
+            (self.etcd_pid, &self.etcd_bin),
+        ] {
+            if !owns_pid(pid, bin) {
+                continue;
+            }
+            let pid = Pid::from_raw(pid);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline && kill(pid, None).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `pid` is alive and runs `bin` (guards against a recycled PID).
+fn owns_pid(pid: i32, bin: &Path) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+    let want = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
+    exe.is_ok_and(|e| e == want)
+}

@@ -1,0 +1,17 @@
+//! podnet's lab: a real local control plane (etcd + kube-apiserver) for tests and demos.
+//!
+//! [`ControlPlane`] starts etcd and kube-apiserver on loopback in a directory of its own,
+//! with RBAC on, an admin client certificate and a service-account signing key, and stops
+//! them (and removes the directory) when dropped. [`testing`] is the one helper every
+//! integration test that needs an API server goes through.
+
+mod certs;
+mod controlplane;
+mod error;
+mod runtime_dir;
+pub mod testing;
+mod tools;
+
+pub use controlplane::{ControlPlane, ControlPlaneOptions, DetachedControlPlane};
+pub use error::LabError;
+pub use tools::Tools;

@@ -1,0 +1,160 @@
+//! The one way integration tests get a real API server.
+//!
+//! A test binary that needs kube-apiserver sets `harness = false` and calls
+//! [`run_api_tests`] from `main`: it starts one [`ControlPlane`] for the whole binary,
+//! installs the generated CRDs with kubectl, runs the tests (filters and `--test-threads`
+//! work as with the standard harness), then stops the control plane and removes its files
+//! whatever the tests did — a panicking test is reported as failed, never left running.
+//! When the control plane cannot start, every test fails with the reason (a missing
+//! binary, etcd's log tail, ...): nothing is skipped.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use crate::{ControlPlane, ControlPlaneOptions, LabError};
+
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type TestBody = Box<dyn FnOnce(Arc<ControlPlane>) -> TestFuture + Send>;
+
+/// One test that runs against the shared control plane.
+pub struct ApiTest {
+    name: &'static str,
+    body: TestBody,
+}
+
+impl ApiTest {
+    /// A test named `name` whose body gets the shared control plane.
+    pub fn new<F, Fut>(name: &'static str, body: F) -> Self
+    where
+        F: FnOnce(Arc<ControlPlane>) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self {
+            name,
+            body: Box::new(move |cp| Box::pin(body(cp))),
+        }
+    }
+}
+
+/// The CRD manifests checked into the chart.
+pub fn chart_crds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/podnet/crds")
+}
+
+/// Installs the chart's CRDs with `kubectl apply` and waits until they are established.
+pub fn install_crds(cp: &ControlPlane) -> Result<(), LabError> {
+    let dir = chart_crds_dir();
+    kubectl_ok(
+        cp,
+        ["apply", "--server-side", "-f"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.display().to_string()]),
+    )?;
+    kubectl_ok(
+        cp,
+        [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/podnetworks.podnet.dev",
+            "crd/noderoutes.podnet.dev",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    )?;
+    Ok(())
+}
+
+fn kubectl_ok(
+    cp: &ControlPlane,
+    args: impl IntoIterator<Item = String>,
+) -> Result<String, LabError> {
+    let args: Vec<String> = args.into_iter().collect();
+    let out = cp.kubectl(&args)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+/// Runs `tests` against one control plane with podnet's CRDs installed.
+pub fn run_api_tests(tests: Vec<ApiTest>) -> ExitCode {
+    let args = Arguments::from_args();
+    if args.list {
+        let trials = tests
+            .into_iter()
+            .map(|t| Trial::test(t.name, || Ok(())))
+            .collect();
+        return libtest_mimic::run(&args, trials).exit_code();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail_all(&args, tests, &format!("cannot build a tokio runtime: {e}")),
+    };
+    let started = runtime.block_on(ControlPlane::start(ControlPlaneOptions::default()));
+    let cp = match started.and_then(|cp| install_crds(&cp).map(|()| cp)) {
+        Ok(cp) => Arc::new(cp),
+        Err(e) => {
+            return fail_all(
+                &args,
+                tests,
+                &format!("the real control plane these tests need is unavailable: {e}"),
+            );
+        }
+    };
+    let handle = runtime.handle().clone();
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let cp = Arc::clone(&cp);
+            let handle = handle.clone();
+            Trial::test(t.name, move || {
+                handle
+                    .block_on((t.body)(cp))
+                    .map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Every trial has run and released its handle: this drop stops the processes.
+    drop(cp);
+    drop(runtime);
+    conclusion.exit_code()
+}
+
+fn fail_all(args: &Arguments, tests: Vec<ApiTest>, reason: &str) -> ExitCode {
+    eprintln!("error: {reason}");
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let reason = reason.to_string();
+            Trial::test(t.name, move || Err(Failed::from(reason)))
+        })
+        .collect();
+    libtest_mimic::run(args, trials).exit_code()
+}
+
+/// Fails unless the process runs as root, naming what needs it.
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    if nix::unistd::Uid::effective().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{what} needs root (network namespaces, links, routes, iptables): run the tests as root"
+        )
+    }
+}

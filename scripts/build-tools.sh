@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Builds the real components podnet's tests and lab run against — kube-apiserver and kubectl
+# (k8s.io/kubernetes), helm and cnitool — from the Go module proxy, once, into a cache outside
+# the repository keyed by version. A second run finds the stamped binaries and returns at once.
+#
+#   scripts/build-tools.sh            # build what is missing, print the bin dir
+#
+# Environment: PODNET_TOOLS_CACHE (default /var/cache/podnet-tools), GOPROXY (default the
+# public proxy, never "direct"). A build interrupted half-way leaves no stamped directory, so
+# the next run starts that tool again instead of trusting a partial binary.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CNI_VERSION="${CNI_VERSION:-v1.3.0}"
+CACHE="${PODNET_TOOLS_CACHE:-/var/cache/podnet-tools}"
+
+die() { echo "build-tools: $*" >&2; exit 1; }
+step() { echo "build-tools: $*" >&2; }
+
+command -v go >/dev/null || die "Go is not installed (need go >= 1.26 on PATH); install it and retry"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
+# A proxy list ending in ",direct" would let a build reach arbitrary hosts; refuse it.
+case "$GOPROXY" in *direct*) export GOPROXY="${GOPROXY%%,direct}"; GOPROXY="${GOPROXY%%|direct}";; esac
+export GOPROXY
+export GONOSUMDB= GOFLAGS="-mod=mod -trimpath"
+
+proxy_check() {
+  curl -fsS -m 20 -o /dev/null "${GOPROXY%%,*}/k8s.io/kubernetes/@v/${K8S_VERSION}.info" \
+    || die "Go module proxy ${GOPROXY%%,*} is unreachable or lacks k8s.io/kubernetes ${K8S_VERSION}"
+}
+
+# stamped DIR: a tool directory counts only once its .complete stamp exists.
+stamped() { [ -f "$1/.complete" ]; }
+
+# finish TMP DIR: atomically publish a finished build.
+finish() {
+  touch "$1/.complete"
+  rm -rf "$2"
+  mv "$1" "$2"
+}
+
+build_kubernetes() {
+  local dest="$CACHE/kubernetes-$K8S_VERSION"
+  stamped "$dest" && return 0
+  proxy_check
+  step "building kube-apiserver and kubectl $K8S_VERSION (cold: 10-25 min on 2 cores)"
+  local work; work=$(mktemp -d "$CACHE/.kubernetes-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  local staging_ver="v0${K8S_VERSION#v1}"
+  mkdir -p "$work/mod" "$work/out"
+  # k8s.io/kubernetes replaces its staging modules with local paths, which `go install` refuses;
+  # a wrapper module pins each of them to its published v0.x twin instead.
+  curl -fsS -m 60 "${GOPROXY%%,*}/k8s.io/kubernetes/@v/${K8S_VERSION}.mod" -o "$work/k8s.mod" \
+    || die "cannot fetch k8s.io/kubernetes ${K8S_VERSION} go.mod from the proxy"
+  {
+    echo "module podnet.dev/tools/kubernetes"
+    echo
+    echo "go 1.26.0"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$work/k8s.mod" \
+      | awk -v v="$staging_ver" '{print "replace " $1 " => " $1 " " v}'
+  } > "$work/mod/go.mod"
+  cat > "$work/mod/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  local maj=${K8S_VERSION#v}; maj=${maj%%.*}
+  local min=${K8S_VERSION#v*.}; min=${min%%.*}
+  local ld="-s -w"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$maj -X $pkg.gitMinor=$min"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (
+    cd "$work/mod"
+    go mod tidy -e >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the kubernetes wrapper module"; }
+    go build -tags tools -ldflags "$ld" -o "$work/out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -tags tools -ldflags "$ld" -o "$work/out/kubectl" k8s.io/kubernetes/cmd/kubectl
+  ) || die "building kubernetes $K8S_VERSION failed (see output above)"
+  "$work/out/kubectl" version --client >/dev/null || die "built kubectl does not run"
+  mkdir -p "$work/pub"; mv "$work/out/kube-apiserver" "$work/out/kubectl" "$work/pub/"
+  finish "$work/pub" "$dest"
+}
+
+build_go_tool() { # name version module-path/cmd ldflags
+  local name=$1 version=$2 pkg=$3 ld=$4
+  local dest="$CACHE/$name-$version"
+  stamped "$dest" && return 0
+  step "building $name $version"
+  local work; work=$(mktemp -d "$CACHE/.$name-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  mkdir -p "$work/pub"
+  GOBIN="$work/pub" go install -ldflags "-s -w $ld" "$pkg@$version" \
+    || die "go install $pkg@$version failed"
+  finish "$work/pub" "$dest"
+}
+
+mkdir -p "$CACHE" || die "cannot create cache dir $CACHE"
+build_kubernetes
+build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool ""
+
+# One directory of symlinks so callers need a single PATH entry.
+bin="$CACHE/bin"
+mkdir -p "$bin"
+ln -sfn "$CACHE/kubernetes-$K8S_VERSION/kube-apiserver" "$bin/kube-apiserver"
+ln -sfn "$CACHE/kubernetes-$K8S_VERSION/kubectl" "$bin/kubectl"
+ln -sfn "$CACHE/helm-$HELM_VERSION/helm" "$bin/helm"
+ln -sfn "$CACHE/cnitool-$CNI_VERSION/cnitool" "$bin/cnitool"
+echo "$bin"
