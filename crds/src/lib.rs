@@ -10,7 +10,9 @@ mod crdgen;
 mod noderoute;
 mod podnetwork;
 
-pub use conditions::{ConditionStatus, condition_is, find_condition};
+pub use conditions::{
+    ConditionStatus, condition_is, find_condition, make_condition, same_conditions,
+};
 pub use crdgen::{CrdFile, crd_files};
 pub use noderoute::{NodeRoute, NodeRouteSpec, NodeRouteStatus};
 pub use podnetwork::{

@@ -209,7 +209,7 @@ impl ControlPlane {
     /// Stops kube-apiserver (SIGTERM) and starts it again on the same port and data,
     /// waiting until it is ready: an API server restart as clients see it.
     pub async fn restart_apiserver(&mut self) -> Result<(), LabError> {
-        stop_child(self.apiserver.take());
+        stop_child(self.apiserver.take(), STOP_GRACE);
         self.start_apiserver()?;
         self.wait_ready().await
     }
@@ -217,7 +217,7 @@ impl ControlPlane {
     /// Stops etcd and starts it again on the same data, waiting until the API server is
     /// ready again.
     pub async fn restart_etcd(&mut self) -> Result<(), LabError> {
-        stop_child(self.etcd.take());
+        stop_child(self.etcd.take(), STOP_GRACE);
         self.start_etcd()?;
         self.wait_ready().await
     }
@@ -385,20 +385,21 @@ pub(crate) fn log_tail(path: &Path, n: usize) -> String {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        stop_child(self.apiserver.take());
-        stop_child(self.etcd.take());
+        // The directory goes away with them: a graceful shutdown would buy nothing.
+        stop_child(self.apiserver.take(), Duration::ZERO);
+        stop_child(self.etcd.take(), Duration::ZERO);
         if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
 
-/// SIGTERM, then SIGKILL after [`STOP_GRACE`]; always reaps the child.
-fn stop_child(child: Option<Child>) {
+/// SIGTERM, then SIGKILL after `grace` (at once when zero); always reaps the child.
+fn stop_child(child: Option<Child>, grace: Duration) {
     let Some(mut child) = child else { return };
     let pid = Pid::from_raw(child.id() as i32);
-    if kill(pid, Signal::SIGTERM).is_ok() {
-        let deadline = Instant::now() + STOP_GRACE;
+    if !grace.is_zero() && kill(pid, Signal::SIGTERM).is_ok() {
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
                 return;

@@ -87,8 +87,29 @@ fn kubectl_ok(
     }
 }
 
-/// Runs `tests` against one control plane with podnet's CRDs installed.
+/// Whether tests share one control plane or each get their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// One control plane for the whole binary: for tests that only touch their own objects.
+    Shared,
+    /// A fresh control plane per test: for tests that run controllers watching everything.
+    PerTest,
+}
+
+/// Runs `tests` against one shared control plane with podnet's CRDs installed.
 pub fn run_api_tests(tests: Vec<ApiTest>) -> ExitCode {
+    run_api_tests_with(Isolation::Shared, tests)
+}
+
+/// Starts a control plane with the CRDs installed.
+pub async fn start_with_crds() -> Result<ControlPlane, LabError> {
+    let cp = ControlPlane::start(ControlPlaneOptions::default()).await?;
+    install_crds(&cp)?;
+    Ok(cp)
+}
+
+/// Runs `tests` with the given isolation.
+pub fn run_api_tests_with(isolation: Isolation, tests: Vec<ApiTest>) -> ExitCode {
     let args = Arguments::from_args();
     if args.list {
         let trials = tests
@@ -105,33 +126,42 @@ pub fn run_api_tests(tests: Vec<ApiTest>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail_all(&args, tests, &format!("cannot build a tokio runtime: {e}")),
     };
-    let started = runtime.block_on(ControlPlane::start(ControlPlaneOptions::default()));
-    let cp = match started.and_then(|cp| install_crds(&cp).map(|()| cp)) {
-        Ok(cp) => Arc::new(cp),
-        Err(e) => {
-            return fail_all(
-                &args,
-                tests,
-                &format!("the real control plane these tests need is unavailable: {e}"),
-            );
-        }
+    let shared = match isolation {
+        Isolation::Shared => match runtime.block_on(start_with_crds()) {
+            Ok(cp) => Some(Arc::new(cp)),
+            Err(e) => {
+                let reason = format!("the real control plane these tests need is unavailable: {e}");
+                return fail_all(&args, tests, &reason);
+            }
+        },
+        Isolation::PerTest => None,
     };
     let handle = runtime.handle().clone();
     let trials = tests
         .into_iter()
         .map(|t| {
-            let cp = Arc::clone(&cp);
+            let shared = shared.clone();
             let handle = handle.clone();
             Trial::test(t.name, move || {
-                handle
-                    .block_on((t.body)(cp))
-                    .map_err(|e| Failed::from(format!("{e:#}")))
+                handle.block_on(async move {
+                    let cp = match shared {
+                        Some(cp) => cp,
+                        None => Arc::new(start_with_crds().await.map_err(|e| {
+                            Failed::from(format!(
+                                "the real control plane this test needs is unavailable: {e}"
+                            ))
+                        })?),
+                    };
+                    (t.body)(cp)
+                        .await
+                        .map_err(|e| Failed::from(format!("{e:#}")))
+                })
             })
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     // Every trial has run and released its handle: this drop stops the processes.
-    drop(cp);
+    drop(shared);
     drop(runtime);
     conclusion.exit_code()
 }

@@ -293,6 +293,21 @@ impl Allocator {
         );
     }
 
+    /// Every node that holds (or was assigned a network for) something.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.by_node.keys().map(String::as_str)
+    }
+
+    /// How many nodes are recorded.
+    pub fn node_count(&self) -> usize {
+        self.by_node.len()
+    }
+
+    /// The names of the known networks.
+    pub fn network_names(&self) -> impl Iterator<Item = &str> {
+        self.networks.keys().map(String::as_str)
+    }
+
     /// The CIDRs a node holds.
     pub fn holdings(&self, node: &str) -> &[IpNet] {
         self.by_node.get(node).map_or(&[], |h| h.cidrs.as_slice())

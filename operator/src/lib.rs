@@ -1,4 +1,11 @@
 //! podnet-operator: gives every node one pod CIDR per IP family out of the PodNetwork
 //! that selects it, and records the allocation in the node's NodeRoute status.
+//!
+//! [`allocator`] and [`network`] are pure; [`controller`] and [`leader`] talk to the API
+//! server; `main.rs` only wires configuration, the HTTP endpoint and signals.
 
 pub mod allocator;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
+pub mod network;

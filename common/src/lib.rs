@@ -1,0 +1,24 @@
+//! What podnet-operator and podnet-daemon share: the `/healthz`, `/readyz` and
+//! `/metrics` endpoint, logging setup, and signal handling.
+
+mod http;
+mod logging;
+
+pub use http::{Health, serve_ops};
+pub use logging::{LogFormat, init_logging};
+
+/// Resolves once SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed; never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

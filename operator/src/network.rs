@@ -1,0 +1,241 @@
+//! Pure rules about PodNetworks and Nodes: which networks are usable, which network a
+//! node belongs to, and which addresses a node is reached at.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use podnet_crds::PodNetwork;
+
+use crate::allocator::{Family, NetworkPools};
+
+/// A PodNetwork as the operator sees it: parsed, and judged usable or not.
+#[derive(Clone, Debug)]
+pub struct NetworkView {
+    /// The PodNetwork's name.
+    pub name: String,
+    /// metadata.generation.
+    pub generation: Option<i64>,
+    /// The parsed pools (empty when unparsable).
+    pub pools: NetworkPools,
+    /// Which nodes it selects.
+    selector: Selector,
+    /// Why it cannot serve allocations, if it cannot.
+    pub invalid: Option<String>,
+}
+
+impl NetworkView {
+    /// Whether the network selects a node with these labels.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.matches(labels)
+    }
+}
+
+/// Parses every PodNetwork and decides which are usable. Networks are ranked by creation
+/// time, then name; a network whose CIDRs overlap those of a higher-ranked usable
+/// network is invalid, and says which one it collides with.
+pub fn evaluate_networks<'a>(
+    networks: impl IntoIterator<Item = &'a PodNetwork>,
+) -> Vec<NetworkView> {
+    let mut ranked: Vec<&PodNetwork> = networks.into_iter().collect();
+    ranked.sort_by(|a, b| {
+        let key = |n: &PodNetwork| {
+            (
+                n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                n.name_any(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut views: Vec<NetworkView> = Vec::with_capacity(ranked.len());
+    for pn in ranked {
+        let mut invalid = None;
+        let mut cidrs = Vec::new();
+        for c in &pn.spec.cidrs {
+            match c.parse::<IpNet>() {
+                Ok(net) if net == net.trunc() => cidrs.push(net),
+                _ => {
+                    invalid = Some(format!(
+                        "spec.cidrs has {c:?}, which is not a canonical CIDR"
+                    ))
+                }
+            }
+        }
+        let selector = match pn
+            .spec
+            .node_selector
+            .clone()
+            .map(Selector::try_from)
+            .transpose()
+        {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                invalid = Some(format!("spec.nodeSelector is invalid: {e}"));
+                Selector::default()
+            }
+        };
+        let pools = NetworkPools {
+            cidrs,
+            mask_v4: pn.spec.node_mask_size.ipv4,
+            mask_v6: pn.spec.node_mask_size.ipv6,
+        };
+        if invalid.is_none() {
+            invalid = overlap_with(&pools, &views);
+        }
+        views.push(NetworkView {
+            name: pn.name_any(),
+            generation: pn.metadata.generation,
+            pools,
+            selector,
+            invalid,
+        });
+    }
+    views
+}
+
+fn overlap_with(pools: &NetworkPools, earlier: &[NetworkView]) -> Option<String> {
+    for other in earlier.iter().filter(|v| v.invalid.is_none()) {
+        for mine in &pools.cidrs {
+            if let Some(theirs) = other
+                .pools
+                .cidrs
+                .iter()
+                .find(|t| t.contains(mine) || mine.contains(*t))
+            {
+                return Some(format!(
+                    "{mine} overlaps {theirs} of PodNetwork {}, which was created first",
+                    other.name
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The usable network that takes a node with these labels: the highest-ranked one whose
+/// selector matches (see [`evaluate_networks`] for the ranking).
+pub fn choose_network<'a>(
+    labels: &BTreeMap<String, String>,
+    views: &'a [NetworkView],
+) -> Option<&'a NetworkView> {
+    views
+        .iter()
+        .find(|v| v.invalid.is_none() && v.selects(labels))
+}
+
+/// The addresses peers reach a node at: per family, the first InternalIP, else the first
+/// ExternalIP; IPv4 first. Unparsable addresses are ignored.
+pub fn node_ips(node: &Node) -> Vec<String> {
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let pick = |kind: &str| {
+            addresses
+                .iter()
+                .filter(|a| a.type_ == kind)
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .find(|ip| {
+                    matches!(
+                        (family, ip),
+                        (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+                    )
+                })
+        };
+        if let Some(ip) = pick("InternalIP").or_else(|| pick("ExternalIP")) {
+            out.push(ip.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use podnet_crds::PodNetworkSpec;
+
+    use super::*;
+
+    fn pn(name: &str, created: i64, cidrs: &[&str], selector: Option<(&str, &str)>) -> PodNetwork {
+        let mut p = PodNetwork::new(
+            name,
+            PodNetworkSpec {
+                cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+                node_mask_size: Default::default(),
+                node_selector: selector.map(|(k, v)| LabelSelector {
+                    match_labels: Some([(k.to_string(), v.to_string())].into()),
+                    match_expressions: None,
+                }),
+                masquerade: Default::default(),
+                mtu: None,
+            },
+        );
+        p.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(created).unwrap_or(Timestamp::UNIX_EPOCH),
+        ));
+        p
+    }
+
+    #[test]
+    fn older_network_wins_overlaps_and_selection() {
+        let nets = [
+            pn("b-newer", 20, &["10.244.128.0/17"], None),
+            pn("a-older", 10, &["10.244.0.0/16"], None),
+            pn("edge", 30, &["10.250.0.0/16"], Some(("pool", "edge"))),
+        ];
+        let views = evaluate_networks(&nets);
+        assert_eq!(views[0].name, "a-older");
+        assert!(views[0].invalid.is_none());
+        let why = views[1].invalid.clone().unwrap_or_default();
+        assert!(
+            why.contains("overlaps 10.244.0.0/16 of PodNetwork a-older"),
+            "{why}"
+        );
+        let edge: BTreeMap<String, String> = [("pool".to_string(), "edge".to_string())].into();
+        // Both a-older (selects all) and edge match; the older one wins.
+        assert_eq!(
+            choose_network(&edge, &views).map(|v| v.name.as_str()),
+            Some("a-older")
+        );
+        assert_eq!(
+            choose_network(&BTreeMap::new(), &views[2..]).map(|v| v.name.as_str()),
+            None
+        );
+        assert_eq!(
+            choose_network(&edge, &views[2..]).map(|v| v.name.as_str()),
+            Some("edge")
+        );
+    }
+
+    #[test]
+    fn node_ips_prefer_internal_then_external_per_family() {
+        let addr = |t: &str, a: &str| NodeAddress {
+            type_: t.into(),
+            address: a.into(),
+        };
+        let node = Node {
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    addr("Hostname", "n1"),
+                    addr("ExternalIP", "203.0.113.9"),
+                    addr("ExternalIP", "2001:db8::9"),
+                    addr("InternalIP", "198.18.0.2"),
+                    addr("InternalIP", "not-an-ip"),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(node_ips(&node), vec!["198.18.0.2", "2001:db8::9"]);
+        assert!(node_ips(&Node::default()).is_empty());
+    }
+}
