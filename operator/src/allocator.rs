@@ -235,6 +235,12 @@ pub struct Allocator {
     /// (family, span start, node) → holding. A node's holdings are also in `by_node`.
     held: BTreeMap<(Family, u128, String), Holding>,
     by_node: BTreeMap<String, NodeHoldings>,
+    /// The widest span ever held per family (never shrinks): a holding that starts more
+    /// than this below an address cannot reach it, which bounds every range scan.
+    widest: BTreeMap<Family, u128>,
+    /// Per pool span (family, lo, hi, step): every block below the cursor is known to be
+    /// taken, so the next search starts there. Any release in the family clears them.
+    cursors: BTreeMap<(Family, u128, u128, u128), u128>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -287,6 +293,8 @@ impl Allocator {
     fn insert(&mut self, node: &str, cidr: IpNet) {
         let cidr = cidr.trunc();
         let span = Span::of(&cidr);
+        let widest = self.widest.entry(Family::of(&cidr)).or_default();
+        *widest = (*widest).max(span.hi - span.lo);
         self.held.insert(
             (Family::of(&cidr), span.lo, node.to_string()),
             Holding { hi: span.hi, cidr },
@@ -332,12 +340,17 @@ impl Allocator {
         }
         let current = self.holdings(node).to_vec();
         let mut added = Vec::new();
+        let pools = pools.clone();
+        let pools = &pools;
         for family in families {
             if current.iter().any(|c| Family::of(c) == family) {
                 continue;
             }
             match self.find_free(pools, family) {
-                Some(cidr) => added.push(cidr),
+                Some((cidr, cursor)) => {
+                    added.push(cidr);
+                    self.cursors.insert(cursor, Span::of(&cidr).lo);
+                }
                 None => {
                     return Err(AllocError::Exhausted {
                         network: network.to_string(),
@@ -356,8 +369,13 @@ impl Allocator {
         Ok(entry.cidrs.clone())
     }
 
-    /// The first free node CIDR of `family` in `pools`, in pool order.
-    fn find_free(&self, pools: &NetworkPools, family: Family) -> Option<IpNet> {
+    /// The first free node CIDR of `family` in `pools`, in pool order, with the key of
+    /// the cursor of the pool it came from.
+    fn find_free(
+        &self,
+        pools: &NetworkPools,
+        family: Family,
+    ) -> Option<(IpNet, (Family, u128, u128, u128))> {
         let mask = pools.mask(family);
         let step = 1u128.checked_shl(u32::from(family.bits().checked_sub(mask)?))?;
         pools
@@ -366,16 +384,31 @@ impl Allocator {
             .filter(|c| Family::of(c) == family && c.prefix_len() <= mask)
             .find_map(|pool| {
                 let pool_span = Span::of(pool);
-                let lo = self.first_gap(family, pool_span, step)?;
-                net_at(family, lo, mask)
+                let key = (family, pool_span.lo, pool_span.hi, step);
+                let from = self.cursors.get(&key).copied().unwrap_or(pool_span.lo);
+                let lo = self.first_gap(family, pool_span, step, from)?;
+                Some((net_at(family, lo, mask)?, key))
             })
     }
 
-    /// Start of the first `step`-aligned block of `pool` that no holding intersects.
-    fn first_gap(&self, family: Family, pool: Span, step: u128) -> Option<u128> {
-        let mut cand = pool.lo;
+    /// Holdings of `family` that may intersect addresses from `from` on, in order.
+    fn held_from(
+        &self,
+        family: Family,
+        from: u128,
+    ) -> impl Iterator<Item = (&(Family, u128, String), &Holding)> {
+        let reach = self.widest.get(&family).copied().unwrap_or(0);
+        self.held
+            .range((family, from.saturating_sub(reach), String::new())..)
+            .take_while(move |((f, _, _), _)| *f == family)
+    }
+
+    /// Start of the first `step`-aligned block of `pool`, at or after `from` (itself
+    /// aligned), that no holding intersects.
+    fn first_gap(&self, family: Family, pool: Span, step: u128, from: u128) -> Option<u128> {
+        let mut cand = from;
         let end = |c: u128| c.checked_add(step - 1);
-        for ((_, lo, _), h) in self.held.range((family, 0, String::new())..) {
+        for ((_, lo, _), h) in self.held_from(family, from) {
             let cand_end = end(cand)?;
             if cand_end > pool.hi {
                 return None;
@@ -405,8 +438,10 @@ impl Allocator {
         };
         for cidr in &h.cidrs {
             let cidr = cidr.trunc();
+            let family = Family::of(&cidr);
             self.held
-                .remove(&(Family::of(&cidr), Span::of(&cidr).lo, node.to_string()));
+                .remove(&(family, Span::of(&cidr).lo, node.to_string()));
+            self.cursors.retain(|(f, ..), _| *f != family);
         }
         h.cidrs
     }
@@ -449,8 +484,8 @@ impl Allocator {
                 }
             }
             let span = Span::of(cidr);
-            for ((_, _, other), oh) in self.held.range((family, 0, String::new())..) {
-                if Family::of(&oh.cidr) != family || Span::of(&oh.cidr).lo > span.hi {
+            for ((_, lo, other), oh) in self.held_from(family, span.lo) {
+                if *lo > span.hi {
                     break;
                 }
                 if other != node && Span::of(&oh.cidr).overlaps(span) {

@@ -328,6 +328,7 @@ impl Operator {
 
     /// One pass: plan from the caches, write concurrently, fold the outcomes back in.
     async fn sync_once(&self, state: &mut SyncState) {
+        let started = Instant::now();
         let views = evaluate_networks(self.networks.state().iter().map(|a| a.as_ref()));
         state.sync_networks(&views);
         let nodes: BTreeMap<String, Arc<Node>> = self
@@ -455,6 +456,13 @@ impl Operator {
         if jobs.is_empty() {
             return;
         }
+        let planned = Instant::now();
+        let count = jobs.len();
+        debug!(
+            jobs = count,
+            plan_ms = started.elapsed().as_millis() as u64,
+            "sync pass planned"
+        );
         let outcomes = stream::iter(jobs)
             .map(|job| self.execute(job))
             .buffer_unordered(self.config.concurrency)
@@ -463,6 +471,11 @@ impl Operator {
         for outcome in outcomes {
             state.apply(outcome, &self.metrics);
         }
+        debug!(
+            jobs = count,
+            write_ms = planned.elapsed().as_millis() as u64,
+            "sync pass wrote"
+        );
     }
 
     fn plan_network_status(

@@ -65,6 +65,10 @@ struct OperatorProc {
 
 impl OperatorProc {
     fn start(cp: &ControlPlane, name: &str) -> anyhow::Result<Self> {
+        Self::start_with_ops(cp, name, "127.0.0.1:0")
+    }
+
+    fn start_with_ops(cp: &ControlPlane, name: &str, ops: &str) -> anyhow::Result<Self> {
         let log = cp.dir().join(format!("operator-{name}.log"));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_podnet-operator"))
@@ -74,7 +78,7 @@ impl OperatorProc {
             .env("PODNET_LEASE_DURATION", "4")
             .env("PODNET_RENEW_DEADLINE", "2.5")
             .env("PODNET_RETRY_PERIOD", "0.5")
-            .env("PODNET_OPS_ADDR", "127.0.0.1:0")
+            .env("PODNET_OPS_ADDR", ops)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -260,7 +264,10 @@ async fn wait_allocated(
 async fn allocates_many(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let client = cp.client().await?;
     apply_json(&client, DUAL).await?;
-    let mut op = OperatorProc::start(&cp, "solo")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut op = OperatorProc::start_with_ops(&cp, "solo", &format!("127.0.0.1:{port}"))?;
     let nodes = names("node", 0..120);
     create_nodes(&client, &nodes, &BTreeMap::new()).await?;
     let nrs = wait_allocated(&client, &nodes, 2, Duration::from_secs(60)).await?;
@@ -324,7 +331,33 @@ async fn allocates_many(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         st.observed_generation == pn.metadata.generation,
         "observedGeneration {st:?}"
     );
+    ensure!(http_get(port, "/healthz")?.starts_with("HTTP/1.1 200"));
+    ensure!(http_get(port, "/readyz")?.starts_with("HTTP/1.1 200"));
+    let metrics = http_get(port, "/metrics")?;
+    for want in [
+        "podnet_operator_allocations_total 240",
+        "podnet_operator_leader 1",
+        "podnet_operator_pool_capacity{network=\"default\",family=\"ipv4\"} 256",
+        "podnet_operator_pool_allocated{network=\"default\",family=\"ipv6\"} 120",
+        "podnet_operator_sync_duration_seconds_count",
+    ] {
+        ensure!(
+            metrics.contains(want),
+            "/metrics lacks {want:?}:\n{metrics}"
+        );
+    }
+    ensure!(http_get(port, "/nope")?.starts_with("HTTP/1.1 404"));
     op.assert_running()
+}
+
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 async fn selectors(cp: Arc<ControlPlane>) -> anyhow::Result<()> {

@@ -1,0 +1,234 @@
+//! Benchmark: podnet-operator allocating CIDRs for N Nodes on the real API server,
+//! against the floor — a plain client performing the same writes (create each
+//! NodeRoute, then write its status) with no allocation logic, at the same concurrency.
+//!
+//! ```text
+//! cargo build --release -p podnet-operator -p podnet-lab
+//! target/release/bench-operator [--nodes 5000] [--runs 3] [--operator target/release/podnet-operator]
+//! ```
+//!
+//! Every run gets a fresh control plane with the N Nodes already created; the clock
+//! starts when the floor client / the operator process starts and stops when every
+//! NodeRoute carries its CIDR. Reports each run, the medians, the ratio, and the
+//! operator's peak RSS (VmHWM).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use podnet_crds::NodeRoute;
+use podnet_lab::ControlPlane;
+use podnet_lab::testing::start_with_crds;
+use serde_json::json;
+
+const CONCURRENCY: usize = 32;
+
+struct Opts {
+    nodes: usize,
+    runs: usize,
+    operator: PathBuf,
+}
+
+fn opts() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        nodes: 5000,
+        runs: 3,
+        operator: PathBuf::from("target/release/podnet-operator"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next().with_context(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--nodes" => o.nodes = v.parse()?,
+            "--runs" => o.runs = v.parse()?,
+            "--operator" => o.operator = v.into(),
+            _ => bail!("unknown flag {a}"),
+        }
+    }
+    if !o.operator.is_file() {
+        bail!(
+            "{} not found: cargo build --release -p podnet-operator",
+            o.operator.display()
+        );
+    }
+    Ok(o)
+}
+
+async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
+    let cp = start_with_crds().await?;
+    let client = cp.client().await?;
+    let pn = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"default"},
+        "spec":{"cidrs":["10.0.0.0/8"],"nodeMaskSize":{"ipv4":24}}});
+    Api::<podnet_crds::PodNetwork>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(pn),
+        )
+        .await?;
+    let api: Api<Node> = Api::all(client.clone());
+    stream::iter(0..nodes)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let node: Node =
+                    serde_json::from_value(json!({"metadata": {"name": format!("node-{i}")}}))?;
+                api.create(&PostParams::default(), &node).await?;
+                let ip = format!("198.18.{}.{}", i / 250, 1 + i % 250);
+                let st = json!({"status":{"addresses":[{"type":"InternalIP","address":ip}]}});
+                api.patch_status(
+                    &format!("node-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(st),
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok((cp, client))
+}
+
+/// Resolves when a watch has seen a CIDR in every one of `nodes` NodeRoutes. Both sides
+/// are timed by this same watch, so its cost and latency are in both numbers.
+async fn all_allocated(client: &Client, nodes: usize, deadline: Instant) -> anyhow::Result<()> {
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    let watch = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(watch);
+    let mut done = HashSet::new();
+    while done.len() < nodes {
+        let next = tokio::time::timeout_at(deadline.into(), watch.next())
+            .await
+            .context("not finished in 600 s")?;
+        match next {
+            Some(Ok(nr)) if nr.status.as_ref().is_some_and(|s| !s.pod_cidrs.is_empty()) => {
+                done.insert(nr.name_any());
+            }
+            Some(_) => {}
+            None => bail!("watch ended"),
+        }
+    }
+    Ok(())
+}
+
+/// The floor: the same two writes per node, nothing else.
+async fn floor_run(client: &Client, nodes: usize) -> anyhow::Result<Duration> {
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    let start = Instant::now();
+    let watched = all_allocated(client, nodes, start + Duration::from_secs(600));
+    let writes = stream::iter(0..nodes)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("node-{i}");
+                let nr: NodeRoute = serde_json::from_value(
+                    json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute",
+                    "metadata":{"name":name},"spec":{"nodeName":name,"podNetwork":"default"}}),
+                )?;
+                let created = api.create(&PostParams::default(), &nr).await?;
+                let st = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute",
+                    "metadata":{"name":name,"resourceVersion":created.resource_version()},
+                    "status":{"nodeIPs":[format!("198.18.{}.{}", i / 250, 1 + i % 250)],
+                              "podCIDRs":[format!("10.{}.{}.0/24", i / 256, i % 256)]}});
+                api.patch_status(
+                    &name,
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(st),
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>();
+    let (w, r) = tokio::join!(watched, writes);
+    w?;
+    r?;
+    Ok(start.elapsed())
+}
+
+/// The operator: started as a process; done when a watch has seen every CIDR.
+async fn operator_run(
+    cp: &ControlPlane,
+    client: &Client,
+    nodes: usize,
+    bin: &PathBuf,
+) -> anyhow::Result<(Duration, u64)> {
+    let log = std::fs::File::create(cp.dir().join("operator.log"))?;
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("POD_NAMESPACE", "default")
+        .env("POD_NAME", "bench")
+        .env("PODNET_OPS_ADDR", "127.0.0.1:0")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    all_allocated(client, nodes, start + Duration::from_secs(600)).await?;
+    let elapsed = start.elapsed();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok((elapsed, hwm_kib))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = opts()?;
+    let (mut floor, mut op, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=o.runs {
+        let (cp, client) = prepare(o.nodes).await?;
+        let f = floor_run(&client, o.nodes).await?;
+        drop(cp);
+        let (cp, client) = prepare(o.nodes).await?;
+        let (t, hwm) = operator_run(&cp, &client, o.nodes, &o.operator).await?;
+        if let Ok(dir) = std::env::var("BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(cp.dir().join("operator.log"), dir);
+        }
+        drop(cp);
+        println!(
+            "run {run}: floor {:.2} s, operator {:.2} s, operator peak RSS {:.1} MiB",
+            f.as_secs_f64(),
+            t.as_secs_f64(),
+            hwm as f64 / 1024.0
+        );
+        floor.push(f.as_secs_f64());
+        op.push(t.as_secs_f64());
+        rss.push(hwm as f64 / 1024.0);
+    }
+    let (mf, mo) = (median(floor), median(op));
+    println!(
+        "nodes {}: median floor {mf:.2} s, median operator {mo:.2} s, ratio {:.2}x, peak RSS max {:.1} MiB",
+        o.nodes,
+        mo / mf,
+        rss.iter().cloned().fold(0.0, f64::max)
+    );
+    Ok(())
+}
