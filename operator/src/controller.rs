@@ -30,7 +30,7 @@ use kube::{Client, Resource, ResourceExt};
 use podnet_common::Health;
 use podnet_crds::{
     ConditionStatus, NodeRoute, NodeRouteSpec, NodeRouteStatus, PodNetwork, PodNetworkStatus,
-    PoolUsage, find_condition, make_condition, same_conditions,
+    PoolUsage, condition_is, find_condition, make_condition, same_conditions,
 };
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -53,6 +53,9 @@ pub struct ControllerConfig {
     pub concurrency: usize,
     /// A full pass runs at least this often, events or not.
     pub resync: Duration,
+    /// Also copy each node's CIDRs into an empty `Node.spec.podCIDRs`, for components
+    /// that read it (kube-proxy's cluster CIDR detection, some CNI plugins). Off by default.
+    pub set_node_pod_cidrs: bool,
 }
 
 impl Default for ControllerConfig {
@@ -60,6 +63,7 @@ impl Default for ControllerConfig {
         Self {
             concurrency: 32,
             resync: Duration::from_secs(60),
+            set_node_pod_cidrs: false,
         }
     }
 }
@@ -100,7 +104,14 @@ fn strip_node(node: &mut Node) {
         addresses,
         ..Default::default()
     });
-    node.spec = None;
+    // Only spec.podCIDRs is read (for the optional copy into it).
+    node.spec = node
+        .spec
+        .take()
+        .map(|spec| k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidrs: spec.pod_cidrs,
+            ..Default::default()
+        });
     node.metadata.managed_fields = None;
     node.metadata.annotations = None;
 }
@@ -434,6 +445,22 @@ impl Operator {
                 &current.conditions,
                 &mut waiting,
             );
+            let node_cidrs = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidrs.clone())
+                .unwrap_or_default();
+            let allocated = condition_is(&desired.conditions, ALLOCATED, ConditionStatus::True);
+            if self.config.set_node_pod_cidrs
+                && node_cidrs.is_empty()
+                && allocated
+                && !desired.pod_cidrs.is_empty()
+            {
+                jobs.push(Job::SetNodePodCidrs {
+                    name: name.clone(),
+                    cidrs: desired.pod_cidrs.clone(),
+                });
+            }
             if !same_operator_status(&current, &desired) {
                 jobs.push(Job::WriteStatus {
                     name: name.clone(),
@@ -715,6 +742,19 @@ impl Operator {
                     Err(e) => Err((name, "delete", e)),
                 }
             }
+            Job::SetNodePodCidrs { name, cidrs } => {
+                if !self.leadership.is_leader() {
+                    return Ok(Outcome::Skipped { name });
+                }
+                // podCIDRs can only be set while empty; the API server refuses a change.
+                let patch = json!({"spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}});
+                let nodes: Api<Node> = Api::all(self.client.clone());
+                nodes
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(|e| (name.clone(), "patch-node-podcidrs", e))?;
+                Ok(Outcome::Skipped { name })
+            }
             Job::NetworkStatus { name, status, pn } => {
                 if !self.leadership.is_leader() {
                     return Ok(Outcome::Skipped { name });
@@ -922,6 +962,10 @@ enum Job {
     DeleteOrphan {
         name: String,
         uid: String,
+    },
+    SetNodePodCidrs {
+        name: String,
+        cidrs: Vec<String>,
     },
     NetworkStatus {
         name: String,

@@ -16,7 +16,7 @@ use tracing::info;
 const USAGE: &str =
     "usage: podnet-operator [--version] [--ops-addr ADDR] [--lease-namespace NS] [--identity ID]
        [--lease-duration SECS] [--renew-deadline SECS] [--retry-period SECS]
-       [--concurrency N] [--log-format text|json] [--log-level LEVEL]
+       [--concurrency N] [--set-node-pod-cidrs true|false] [--log-format text|json] [--log-level LEVEL]
 Every flag can also be given as an environment variable: PODNET_OPS_ADDR, POD_NAMESPACE,
 POD_NAME, PODNET_LEASE_DURATION, ... (upper case, PODNET_ prefix).";
 
@@ -24,6 +24,7 @@ struct Args {
     ops_addr: SocketAddr,
     lease: LeaseConfig,
     concurrency: usize,
+    set_node_pod_cidrs: bool,
     log_format: LogFormat,
     log_level: String,
 }
@@ -90,6 +91,11 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             .transpose()
             .context("--concurrency")?
             .unwrap_or(32),
+        set_node_pod_cidrs: get("set-node-pod-cidrs", "PODNET_SET_NODE_POD_CIDRS")
+            .map(|v| v.parse::<bool>())
+            .transpose()
+            .context("--set-node-pod-cidrs takes true or false")?
+            .unwrap_or(false),
         log_format: get("log-format", "PODNET_LOG_FORMAT")
             .unwrap_or_else(|| "text".into())
             .parse()
@@ -136,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         &args.lease.identity,
         ControllerConfig {
             concurrency: args.concurrency.max(1),
+            set_node_pod_cidrs: args.set_node_pod_cidrs,
             ..Default::default()
         },
     );

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
                 network_edits,
             ),
             ApiTest::new("bogus_status_is_reported_and_left_alone", bogus_status),
+            ApiTest::new("node_pod_cidrs_are_set_only_when_enabled", node_pod_cidrs),
         ],
     )
 }
@@ -69,6 +70,15 @@ impl OperatorProc {
     }
 
     fn start_with_ops(cp: &ControlPlane, name: &str, ops: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(cp, name, ops, &[])
+    }
+
+    fn start_with_env(
+        cp: &ControlPlane,
+        name: &str,
+        ops: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = cp.dir().join(format!("operator-{name}.log"));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_podnet-operator"))
@@ -80,6 +90,7 @@ impl OperatorProc {
             .env("PODNET_RETRY_PERIOD", "0.5")
             .env("PODNET_OPS_ADDR", ops)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -843,4 +854,44 @@ async fn bogus_status(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         "no event"
     );
     op.assert_running()
+}
+
+async fn node_pod_cidrs(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    let client = cp.client().await?;
+    apply_json(&client, DUAL).await?;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    {
+        let _off = OperatorProc::start(&cp, "default-off")?;
+        create_nodes(&client, &names("node", 0..2), &BTreeMap::new()).await?;
+        wait_allocated(&client, &names("node", 0..2), 2, Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = nodes_api.get("node-0").await?;
+        ensure!(
+            n.spec.and_then(|s| s.pod_cidrs).is_none(),
+            "Node.spec.podCIDRs set although the option is off"
+        );
+    }
+    let _on = OperatorProc::start_with_env(
+        &cp,
+        "on",
+        "127.0.0.1:0",
+        &[("PODNET_SET_NODE_POD_CIDRS", "true")],
+    )?;
+    let nrs = wait_allocated(&client, &names("node", 0..2), 2, Duration::from_secs(30)).await?;
+    for nr in nrs {
+        let want: Vec<String> = cidrs(&nr).iter().map(ToString::to_string).collect();
+        let name = nr.name_any();
+        wait_for("Node.spec.podCIDRs", Duration::from_secs(30), || {
+            let api = nodes_api.clone();
+            let (name, want) = (name.clone(), want.clone());
+            async move {
+                let spec = api.get(&name).await?.spec.unwrap_or_default();
+                Ok((spec.pod_cidrs.as_ref() == Some(&want)
+                    && spec.pod_cidr.as_ref() == want.first())
+                .then_some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(())
 }
