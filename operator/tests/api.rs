@@ -414,12 +414,7 @@ async fn selectors(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         async move {
             let nr = Api::<NodeRoute>::all(client).get_opt("stray-20").await?;
             Ok(nr.filter(|nr| {
-                let conds = nr
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                find_condition(&conds, "Allocated")
+                allocated_condition(nr)
                     .is_some_and(|c| c.status == "False" && c.reason == "NoPodNetwork")
             }))
         }
@@ -611,12 +606,7 @@ async fn exhaustion(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
                 let waiting: Vec<String> = nrs
                     .iter()
                     .filter(|nr| {
-                        let conds = nr
-                            .status
-                            .as_ref()
-                            .map(|s| s.conditions.clone())
-                            .unwrap_or_default();
-                        find_condition(&conds, "Allocated")
+                        allocated_condition(nr)
                             .is_some_and(|c| c.reason == "PoolExhausted" && c.status == "False")
                     })
                     .map(|n| n.name_any())
@@ -894,4 +884,12 @@ async fn node_pod_cidrs(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         .await?;
     }
     Ok(())
+}
+
+fn allocated_condition(
+    nr: &NodeRoute,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    nr.status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, "Allocated").cloned())
 }
