@@ -1,0 +1,503 @@
+//! The plugin's inputs — the CNI_* environment and the network configuration on stdin —
+//! validated before anything is touched, and the result it prints.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{CniError, Code};
+
+/// Versions this plugin speaks; results are printed in the request's version.
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// Largest stdin accepted: configurations are a few KiB; anything larger is refused.
+pub const MAX_STDIN: usize = 1 << 20;
+/// Default bridge name.
+pub const DEFAULT_BRIDGE: &str = "podnet0";
+/// Default lease directory: under /run so leases never outlive a reboot.
+pub const DEFAULT_DATA_DIR: &str = "/run/podnet/ipam";
+
+/// The CNI verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Attach a container.
+    Add,
+    /// Detach a container.
+    Del,
+    /// Verify an attachment.
+    Check,
+    /// Report supported versions.
+    Version,
+    /// Release everything not in the valid attachments.
+    Gc,
+    /// Report readiness.
+    Status,
+}
+
+/// The CNI_* environment of one invocation.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// The verb.
+    pub command: Command,
+    /// CNI_CONTAINERID (validated; empty for VERSION, GC and STATUS).
+    pub container_id: String,
+    /// CNI_NETNS (may be empty for DEL).
+    pub netns: Option<PathBuf>,
+    /// CNI_IFNAME (validated).
+    pub ifname: String,
+}
+
+fn valid_id(s: &str) -> bool {
+    // SPEC.md: "^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$" — no '/', so never a path.
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Whether `s` can name a network interface.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+impl Env {
+    /// Reads and validates the environment `get` returns for each variable.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let bad = |what: &str, why: String| {
+            CniError::new(Code::InvalidEnvironment, format!("invalid {what}"), why)
+        };
+        let command = match get("CNI_COMMAND").as_deref() {
+            Some("ADD") => Command::Add,
+            Some("DEL") => Command::Del,
+            Some("CHECK") => Command::Check,
+            Some("VERSION") => Command::Version,
+            Some("GC") => Command::Gc,
+            Some("STATUS") => Command::Status,
+            Some(other) => return Err(bad("CNI_COMMAND", format!("unknown command {other:?}"))),
+            None => return Err(bad("CNI_COMMAND", "CNI_COMMAND is not set".into())),
+        };
+        let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
+        let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+        let ifname = get("CNI_IFNAME").unwrap_or_default();
+        let netns = get("CNI_NETNS")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        if needs_attachment {
+            if !valid_id(&container_id) {
+                return Err(bad(
+                    "CNI_CONTAINERID",
+                    format!("{container_id:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"),
+                ));
+            }
+            if !valid_ifname(&ifname) {
+                return Err(bad(
+                    "CNI_IFNAME",
+                    format!(
+                        "{ifname:?} must be 1-15 characters without '/', ':' or whitespace, and not '.' or '..'"
+                    ),
+                ));
+            }
+            if command != Command::Del && netns.is_none() {
+                return Err(bad(
+                    "CNI_NETNS",
+                    "CNI_NETNS is required for ADD and CHECK".into(),
+                ));
+            }
+        }
+        if let Some(ns) = &netns
+            && !ns.is_absolute()
+        {
+            return Err(bad(
+                "CNI_NETNS",
+                format!("{} is not an absolute path", ns.display()),
+            ));
+        }
+        Ok(Self {
+            command,
+            container_id,
+            netns,
+            ifname,
+        })
+    }
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// The container ID.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The interface name.
+    pub ifname: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    bridge: Option<String>,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
+    mtu: Option<u32>,
+    data_dir: Option<String>,
+    dns: Option<Value>,
+    prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<Attachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<Attachment>>,
+}
+
+/// The validated network configuration.
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    /// The request's CNI version (results are printed in it).
+    pub cni_version: String,
+    /// The network name.
+    pub name: String,
+    /// The bridge.
+    pub bridge: String,
+    /// The node's pod CIDRs, at most one per family, IPv4 first.
+    pub pod_cidrs: Vec<IpNet>,
+    /// MTU; `None`: the default-route interface's.
+    pub mtu: Option<u32>,
+    /// Lease directory.
+    pub data_dir: PathBuf,
+    /// DNS settings passed through to the result.
+    pub dns: Option<Value>,
+    /// The previous result (CHECK, DEL).
+    pub prev_result: Option<Value>,
+    /// GC: the attachments to keep; `None` when the runtime sent no list.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// The version in a configuration, for error JSON, even when the rest is unusable.
+pub fn version_hint(stdin: &[u8]) -> String {
+    serde_json::from_slice::<HashMap<String, Value>>(stdin)
+        .ok()
+        .and_then(|m| {
+            m.get("cniVersion")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.1.0".to_string())
+}
+
+impl NetConf {
+    /// Parses and validates the configuration from stdin.
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        if stdin.len() > MAX_STDIN {
+            return Err(CniError::new(
+                Code::Decode,
+                "network configuration too large",
+                format!("{} bytes; at most {MAX_STDIN}", stdin.len()),
+            ));
+        }
+        let raw: RawConf = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                "cannot decode the network configuration",
+                e.to_string(),
+            )
+        })?;
+        let invalid = |what: &str, why: String| {
+            CniError::new(Code::InvalidConfig, format!("invalid {what}"), why)
+        };
+        let cni_version = raw.cni_version.unwrap_or_default();
+        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+            return Err(CniError::new(
+                Code::IncompatibleVersion,
+                "incompatible CNI version",
+                format!(
+                    "{cni_version:?} is not one of {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        let name = raw.name.unwrap_or_default();
+        if !valid_id(&name) {
+            return Err(invalid(
+                "name",
+                format!("{name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"),
+            ));
+        }
+        if let Some(t) = &raw.plugin_type
+            && t != "podnet-cni"
+        {
+            return Err(invalid("type", format!("{t:?}: this plugin is podnet-cni")));
+        }
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        if !valid_ifname(&bridge) {
+            return Err(invalid(
+                "bridge",
+                format!("{bridge:?} is not a valid interface name"),
+            ));
+        }
+        let mut pod_cidrs = Vec::new();
+        for c in raw.pod_cidrs.unwrap_or_default() {
+            let net: IpNet = c
+                .parse()
+                .map_err(|_| invalid("podCIDRs", format!("{c:?} is not a CIDR")))?;
+            if net != net.trunc() {
+                return Err(invalid("podCIDRs", format!("{c:?} has host bits set")));
+            }
+            let max_prefix = if matches!(net, IpNet::V4(_)) { 30 } else { 126 };
+            if net.prefix_len() > max_prefix {
+                return Err(invalid(
+                    "podCIDRs",
+                    format!("{c:?} is too small for a gateway and a pod"),
+                ));
+            }
+            if pod_cidrs
+                .iter()
+                .any(|p: &IpNet| p.addr().is_ipv4() == net.addr().is_ipv4())
+            {
+                return Err(invalid("podCIDRs", "at most one CIDR per IP family".into()));
+            }
+            pod_cidrs.push(net);
+        }
+        if pod_cidrs.is_empty() {
+            return Err(invalid(
+                "podCIDRs",
+                "at least one pod CIDR is required".into(),
+            ));
+        }
+        pod_cidrs.sort_by_key(|n| !n.addr().is_ipv4());
+        if let Some(mtu) = raw.mtu
+            && !(576..=65535).contains(&mtu)
+        {
+            return Err(invalid("mtu", format!("{mtu} is outside 576..65535")));
+        }
+        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_string()));
+        if !data_dir.is_absolute() {
+            return Err(invalid(
+                "dataDir",
+                format!("{} is not an absolute path", data_dir.display()),
+            ));
+        }
+        Ok(Self {
+            cni_version,
+            name,
+            bridge,
+            pod_cidrs,
+            mtu: raw.mtu,
+            data_dir,
+            dns: raw.dns,
+            prev_result: raw.prev_result,
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
+        })
+    }
+
+    /// The gateway of each CIDR: its first address.
+    pub fn gateway(net: &IpNet) -> IpAddr {
+        match net {
+            IpNet::V4(n) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(n.network()) + 1)),
+            IpNet::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n.network()) + 1)),
+        }
+    }
+}
+
+/// An interface in a result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResultInterface {
+    /// Its name.
+    pub name: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// The namespace it is in (pod side only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sandbox: Option<String>,
+}
+
+/// The outcome of ADD, convertible to every supported version.
+#[derive(Clone, Debug)]
+pub struct AddResult {
+    /// bridge, host veth, pod veth.
+    pub interfaces: Vec<ResultInterface>,
+    /// (address/prefix, gateway) per family, on the pod interface (index 2).
+    pub ips: Vec<(IpNet, IpAddr)>,
+    /// Passed through from the configuration.
+    pub dns: Option<Value>,
+}
+
+impl AddResult {
+    /// The result JSON in `version`.
+    pub fn to_json(&self, version: &str) -> Value {
+        let legacy = version.starts_with("0.");
+        let ips: Vec<Value> = self
+            .ips
+            .iter()
+            .map(|(addr, gw)| {
+                let mut ip = serde_json::json!({"address": addr.to_string(), "gateway": gw.to_string(), "interface": 2});
+                if legacy {
+                    ip["version"] = Value::from(if addr.addr().is_ipv4() { "4" } else { "6" });
+                }
+                ip
+            })
+            .collect();
+        let routes: Vec<Value> = self
+            .ips
+            .iter()
+            .map(|(addr, gw)| {
+                let dst = if addr.addr().is_ipv4() {
+                    "0.0.0.0/0"
+                } else {
+                    "::/0"
+                };
+                serde_json::json!({"dst": dst, "gw": gw.to_string()})
+            })
+            .collect();
+        let mut out = serde_json::json!({
+            "cniVersion": version,
+            "interfaces": self.interfaces,
+            "ips": ips,
+            "routes": routes,
+        });
+        out["dns"] = self.dns.clone().unwrap_or_else(|| serde_json::json!({}));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn path_like_ids_and_ifnames_are_refused() {
+        for id in ["../../etc", "a/b", "", "-x", "a b"] {
+            let e = env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", "/x"),
+            ]);
+            assert_eq!(
+                e.err().map(|e| e.code),
+                Some(Code::InvalidEnvironment),
+                "{id}"
+            );
+        }
+        for ifname in ["", ".", "..", "a/b", "a:b", "has space", "sixteen-chars-xx"] {
+            let e = env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", ifname),
+                ("CNI_NETNS", "/x"),
+            ]);
+            assert_eq!(
+                e.err().map(|e| e.code),
+                Some(Code::InvalidEnvironment),
+                "{ifname:?}"
+            );
+        }
+        assert!(
+            env(&[("CNI_COMMAND", "GC")]).is_ok(),
+            "GC needs no attachment variables"
+        );
+        assert!(
+            env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0")
+            ])
+            .is_ok()
+        );
+        assert_eq!(
+            env(&[("CNI_COMMAND", "FROB")]).err().map(|e| e.code),
+            Some(Code::InvalidEnvironment)
+        );
+    }
+
+    #[test]
+    fn configs_are_validated_with_the_right_codes() {
+        let ok = br#"{"cniVersion":"1.1.0","name":"podnet","type":"podnet-cni","podCIDRs":["fd00::/64","10.244.1.0/24"],"futureField":1}"#;
+        let conf = NetConf::parse(ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conf.pod_cidrs[0].to_string(), "10.244.1.0/24", "IPv4 first");
+        assert_eq!(conf.bridge, "podnet0");
+        let cases: &[(&[u8], Code)] = &[
+            (b"{not json", Code::Decode),
+            (
+                br#"{"cniVersion":"9.9.9","name":"n","podCIDRs":["10.0.0.0/24"]}"#,
+                Code::IncompatibleVersion,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"../x","podCIDRs":["10.0.0.0/24"]}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.1/24"]}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.0/24","10.1.0.0/24"]}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":[]}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.0/31"]}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.0/24"],"mtu":10}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.0/24"],"dataDir":"rel"}"#,
+                Code::InvalidConfig,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.0/24"],"bridge":"a/b"}"#,
+                Code::InvalidConfig,
+            ),
+        ];
+        for (input, code) in cases {
+            let got = NetConf::parse(input).err().map(|e| e.code);
+            assert_eq!(got, Some(*code), "{}", String::from_utf8_lossy(input));
+        }
+        let huge = vec![b' '; MAX_STDIN + 1];
+        assert_eq!(
+            NetConf::parse(&huge).err().map(|e| e.code),
+            Some(Code::Decode)
+        );
+    }
+
+    #[test]
+    fn results_follow_the_requested_version() {
+        let r = AddResult {
+            interfaces: vec![],
+            ips: vec![(
+                "10.244.1.5/24".parse().unwrap_or_else(|_| IpNet::default()),
+                "10.244.1.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            )],
+            dns: None,
+        };
+        assert_eq!(r.to_json("0.3.1")["ips"][0]["version"], "4");
+        assert!(r.to_json("1.0.0")["ips"][0].get("version").is_none());
+        assert_eq!(r.to_json("1.1.0")["cniVersion"], "1.1.0");
+        assert_eq!(r.to_json("1.1.0")["routes"][0]["dst"], "0.0.0.0/0");
+    }
+}

@@ -1,0 +1,12 @@
+//! podnet-cni: a CNI 1.1 plugin giving each pod a veth pair attached to the node's
+//! bridge, with addresses from a built-in, crash-safe IPAM.
+//!
+//! Everything the runtime passes is validated ([`config`]) before anything is touched;
+//! ADD undoes a partial setup before it reports an error; DEL is best effort and
+//! idempotent. Netlink sockets for the pod's namespace are made on a throwaway thread
+//! (see podnet-netlink): this process never changes the namespace of a thread it keeps.
+
+pub mod config;
+pub mod error;
+pub mod ipam;
+pub mod plugin;

@@ -1,0 +1,442 @@
+//! The CNI verbs.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use podnet_netlink::{LinkInfo, LinkKind, Netlink, Route, RouteFilter};
+use serde_json::{Value, json};
+
+use crate::config::{
+    AddResult, Command, Env, NetConf, ResultInterface, SUPPORTED_VERSIONS, version_hint,
+};
+use crate::error::{CniError, Code};
+use crate::ipam::Ipam;
+
+/// Route protocol of the pod's default routes (RTPROT_BOOT, as `ip route add` uses).
+const RTPROT_BOOT: u8 = 3;
+/// How long ADD waits for the pod interface to come up operationally.
+const OPER_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The host end's name: `pn` + 12 hex digits of a hash of (container ID, ifname), so DEL
+/// and GC find it without the pod's namespace.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a, 64 bit: stable across versions and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("pn{:012x}", h >> 16)
+}
+
+fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Runs one invocation; returns what goes to stdout.
+pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
+    if env.command == Command::Version {
+        return Ok(
+            json!({"cniVersion": version_hint(stdin), "supportedVersions": SUPPORTED_VERSIONS})
+                .to_string(),
+        );
+    }
+    let conf = NetConf::parse(stdin)?;
+    match env.command {
+        Command::Add => add(env, &conf).map(|r| r.to_json(&conf.cni_version).to_string()),
+        Command::Del => del(env, &conf).map(|()| String::new()),
+        Command::Check => check(env, &conf).map(|()| String::new()),
+        Command::Gc => gc(&conf).map(|()| String::new()),
+        Command::Status => status(&conf).map(|()| String::new()),
+        Command::Version => Ok(String::new()),
+    }
+}
+
+fn open_netns(path: &Path) -> Result<File, CniError> {
+    File::open(path).map_err(|e| {
+        CniError::new(
+            Code::UnknownContainer,
+            "cannot open the container's network namespace",
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+/// The MTU of the interface the default route leaves through (1500 without one).
+fn default_route_mtu(nl: &mut Netlink) -> Result<u32, CniError> {
+    let default = nl
+        .routes(RouteFilter::default())?
+        .into_iter()
+        .find(|r| r.prefix == 0 && r.oif.is_some());
+    match default.and_then(|r| r.oif) {
+        Some(oif) => Ok(nl.link_by_index(oif)?.map_or(1500, |l| l.mtu)),
+        None => Ok(1500),
+    }
+}
+
+/// The bridge, created when missing (concurrent creators all succeed), up, with `mtu`
+/// and each gateway address.
+fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo, CniError> {
+    let bridge = match nl.link_by_name(&conf.bridge)? {
+        Some(b) => b,
+        None => {
+            match nl.add_bridge(&conf.bridge, mtu) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            nl.link_by_name(&conf.bridge)?.ok_or_else(|| {
+                CniError::new(
+                    Code::TryAgainLater,
+                    "bridge vanished",
+                    format!("{} was deleted while being set up", conf.bridge),
+                )
+            })?
+        }
+    };
+    if bridge.kind != LinkKind::Bridge {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "bridge name taken",
+            format!("{} exists and is not a bridge", conf.bridge),
+        ));
+    }
+    if !bridge.up || bridge.mtu != mtu {
+        nl.set_link(bridge.index, true, (bridge.mtu != mtu).then_some(mtu))?;
+    }
+    for net in &conf.pod_cidrs {
+        let gw = NetConf::gateway(net);
+        match nl.add_address(bridge.index, gw, net.prefix_len(), gw.is_ipv6()) {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(bridge)
+}
+
+fn ensure_forwarding(conf: &NetConf) -> Result<(), CniError> {
+    for net in &conf.pod_cidrs {
+        let path = if net.addr().is_ipv4() {
+            "/proc/sys/net/ipv4/ip_forward"
+        } else {
+            "/proc/sys/net/ipv6/conf/all/forwarding"
+        };
+        if std::fs::read_to_string(path)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|e| {
+            CniError::new(Code::Io, "cannot enable forwarding", format!("{path}: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let netns = open_netns(&netns_path)?;
+    let mut pod = Netlink::in_netns_file(&netns, &netns_path)?;
+    if pod.link_by_name(&env.ifname)?.is_some() {
+        return Err(CniError::new(
+            Code::InterfaceExists,
+            "interface already exists",
+            format!("{} exists in {}", env.ifname, netns_path.display()),
+        ));
+    }
+    let mut host = Netlink::new()?;
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => default_route_mtu(&mut host)?,
+    };
+    let bridge = ensure_bridge(&mut host, conf, mtu)?;
+    ensure_forwarding(conf)?;
+    // The lock is held only while leases are written, not during the netlink work.
+    let leases = Ipam::open(&conf.data_dir, &conf.name)?.allocate(
+        &conf.pod_cidrs,
+        &env.container_id,
+        &env.ifname,
+    )?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    match wire_pod(
+        &mut host, &mut pod, &netns, env, conf, &bridge, &host_name, mtu, &leases,
+    ) {
+        Ok(interfaces) => Ok(AddResult {
+            interfaces,
+            ips: leases
+                .iter()
+                .map(|l| (*l, NetConf::gateway(&l.trunc())))
+                .collect(),
+            dns: conf.dns.clone(),
+        }),
+        Err(e) => {
+            // Undo everything before reporting: no veth, no lease.
+            let _ = host.del_link_by_name(&host_name);
+            if let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name) {
+                let _ = ipam.release(&env.container_id, &env.ifname);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn wire_pod(
+    host: &mut Netlink,
+    pod: &mut Netlink,
+    netns: &File,
+    env: &Env,
+    bridge: &LinkInfo,
+    host_name: &str,
+    mtu: u32,
+    leases: &[IpNet],
+) -> Result<Vec<ResultInterface>, CniError> {
+    if let Some(fault) = std::env::var_os("PODNET_CNI_TEST_FAIL_AFTER_VETH") {
+        // Test hook: fail after the veth exists, to prove the rollback.
+        let _ = fault;
+        host.add_veth(host_name, mtu, bridge.index, &env.ifname, netns.as_fd())?;
+        return Err(CniError::new(
+            Code::Io,
+            "injected failure",
+            "PODNET_CNI_TEST_FAIL_AFTER_VETH is set",
+        ));
+    }
+    match host.add_veth(host_name, mtu, bridge.index, &env.ifname, netns.as_fd()) {
+        Ok(()) => {}
+        Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
+            // A host end left by an interrupted ADD of this same attachment: its name is
+            // ours by construction. Remove it and try once more.
+            host.del_link_by_name(host_name)?;
+            host.add_veth(host_name, mtu, bridge.index, &env.ifname, netns.as_fd())?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let host_link = host
+        .link_by_name(host_name)?
+        .ok_or_else(|| CniError::new(Code::Io, "host veth missing", host_name.to_string()))?;
+    host.set_hairpin(host_link.index)?;
+    let pod_link = pod
+        .link_by_name(&env.ifname)?
+        .ok_or_else(|| CniError::new(Code::Io, "pod interface missing", env.ifname.clone()))?;
+    for lease in leases {
+        pod.add_address(
+            pod_link.index,
+            lease.addr(),
+            lease.prefix_len(),
+            lease.addr().is_ipv6(),
+        )?;
+    }
+    pod.set_link(pod_link.index, true, None)?;
+    for lease in leases {
+        let dst = if lease.addr().is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        };
+        pod.add_route(&Route {
+            dst,
+            prefix: 0,
+            gateway: Some(NetConf::gateway(&lease.trunc())),
+            oif: Some(pod_link.index),
+            protocol: RTPROT_BOOT,
+        })?;
+    }
+    pod.wait_oper_up(pod_link.index, OPER_UP_TIMEOUT)?;
+    // A new bridge takes its address from its first port: read it again then.
+    let bridge_mac = if bridge.mac.iter().all(|b| *b == 0) {
+        host.link_by_index(bridge.index)?
+            .map(|b| b.mac)
+            .unwrap_or_default()
+    } else {
+        bridge.mac.clone()
+    };
+    Ok(vec![
+        ResultInterface {
+            name: bridge.name.clone(),
+            mac: mac_string(&bridge_mac),
+            sandbox: None,
+        },
+        ResultInterface {
+            name: host_link.name,
+            mac: mac_string(&host_link.mac),
+            sandbox: None,
+        },
+        ResultInterface {
+            name: pod_link.name,
+            mac: mac_string(&pod_link.mac),
+            sandbox: env.netns.as_ref().map(|p| p.display().to_string()),
+        },
+    ])
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let mut errors = Vec::new();
+    // The interface first, so an address is never reused while a link still has it.
+    match Netlink::new()
+        .and_then(|mut nl| nl.del_link_by_name(&host_veth_name(&env.container_id, &env.ifname)))
+    {
+        Ok(_) => {}
+        Err(e) => errors.push(e.to_string()),
+    }
+    match Ipam::open(&conf.data_dir, &conf.name)
+        .and_then(|mut ipam| ipam.release(&env.container_id, &env.ifname))
+    {
+        Ok(_) => {}
+        Err(e) => errors.push(e.to_string()),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::Io,
+            "DEL could not finish",
+            errors.join("; "),
+        ))
+    }
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidConfig,
+            "CHECK needs prevResult",
+            "no prevResult in the configuration",
+        )
+    })?;
+    let ips: Vec<IpNet> = prev["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|ip| ip["address"].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let failed = |what: String| {
+        CniError::new(
+            Code::CheckFailed,
+            "attachment differs from its ADD result",
+            what,
+        )
+    };
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let netns = open_netns(&netns_path)?;
+    let mut pod = Netlink::in_netns_file(&netns, &netns_path)?;
+    let link = pod.link_by_name(&env.ifname)?.ok_or_else(|| {
+        failed(format!(
+            "{} is missing from {}",
+            env.ifname,
+            netns_path.display()
+        ))
+    })?;
+    let have = pod.addresses(link.index)?;
+    for ip in &ips {
+        if !have.contains(&(ip.addr(), ip.prefix_len())) {
+            return Err(failed(format!("{ip} is missing from {}", env.ifname)));
+        }
+    }
+    for (ipv6, want) in [
+        (false, ips.iter().any(|i| i.addr().is_ipv4())),
+        (true, ips.iter().any(|i| i.addr().is_ipv6())),
+    ] {
+        if want
+            && !pod
+                .routes(RouteFilter {
+                    ipv6,
+                    protocol: None,
+                })?
+                .iter()
+                .any(|r| r.prefix == 0 && r.oif == Some(link.index))
+        {
+            return Err(failed(format!(
+                "the default {} route via {} is missing",
+                if ipv6 { "IPv6" } else { "IPv4" },
+                env.ifname
+            )));
+        }
+    }
+    let mut host = Netlink::new()?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let bridge = host
+        .link_by_name(&conf.bridge)?
+        .ok_or_else(|| failed(format!("bridge {} is missing", conf.bridge)))?;
+    let hv = host
+        .link_by_name(&host_name)?
+        .ok_or_else(|| failed(format!("host veth {host_name} is missing")))?;
+    if hv.master != Some(bridge.index) {
+        return Err(failed(format!(
+            "{host_name} is not attached to {}",
+            conf.bridge
+        )));
+    }
+    Ok(())
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    // No list: the runtime did not say what is valid; releasing everything would cut
+    // running pods off, so GC without a list changes nothing. An empty list means no
+    // attachment is valid, and everything is released.
+    let Some(valid) = &conf.valid_attachments else {
+        return Ok(());
+    };
+    let keep: HashSet<(String, String)> = valid
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    Ipam::open(&conf.data_dir, &conf.name)?.gc(&keep)?;
+    let keep_links: HashSet<String> = keep.iter().map(|(c, i)| host_veth_name(c, i)).collect();
+    let mut host = Netlink::new()?;
+    let Some(bridge) = host.link_by_name(&conf.bridge)? else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    for link in host.links()? {
+        let ours = link.master == Some(bridge.index)
+            && link.kind == LinkKind::Veth
+            && link.name.starts_with("pn");
+        if ours
+            && !keep_links.contains(&link.name)
+            && let Err(e) = host.del_link(link.index)
+            && e.errno() != Some(nix::errno::Errno::ENODEV)
+        {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::Io,
+            "GC could not remove every stale interface",
+            errors.join("; "),
+        ))
+    }
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable =
+        |why: String| CniError::new(Code::NotAvailable, "podnet-cni cannot serve ADD", why);
+    let ipam = Ipam::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.to_string()))?;
+    if !ipam.has_free(&conf.pod_cidrs)? {
+        let cidrs: Vec<String> = conf.pod_cidrs.iter().map(ToString::to_string).collect();
+        return Err(unavailable(format!(
+            "no free address left in {}",
+            cidrs.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The JSON of an error, for main.
+pub fn error_json(err: &CniError, stdin: &[u8]) -> Value {
+    serde_json::from_str(&err.to_json(&version_hint(stdin))).unwrap_or(Value::Null)
+}

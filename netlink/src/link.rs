@@ -1,0 +1,287 @@
+//! Links: bridges, veth pairs, their state.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, State,
+};
+use nix::errno::Errno;
+
+use crate::{Error, Netlink, Result};
+
+/// The kind of a link, as far as podnet cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A Linux bridge.
+    Bridge,
+    /// One end of a veth pair.
+    Veth,
+    /// Anything else (`kind` as the kernel names it, empty for physical devices).
+    Other(String),
+}
+
+/// What podnet reads of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// Operationally up (the kernel's operstate, or lower-up for UNKNOWN devices).
+    pub oper_up: bool,
+    /// The bridge (or other master) it is attached to.
+    pub master: Option<u32>,
+    /// Its kind.
+    pub kind: LinkKind,
+    /// Its hardware address.
+    pub mac: Vec<u8>,
+}
+
+impl LinkInfo {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            oper_up: false,
+            master: None,
+            kind: LinkKind::Other(String::new()),
+            mac: Vec::new(),
+        };
+        let mut state = State::Unknown;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::Mtu(m) => info.mtu = *m,
+                LinkAttribute::Controller(m) => info.master = Some(*m),
+                LinkAttribute::OperState(s) => state = *s,
+                LinkAttribute::Address(a) => info.mac = a.clone(),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let NlLinkInfo::Kind(k) = i {
+                            info.kind = match k {
+                                InfoKind::Bridge => LinkKind::Bridge,
+                                InfoKind::Veth => LinkKind::Veth,
+                                other => LinkKind::Other(other.to_string()),
+                            };
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        info.oper_up = match state {
+            State::Up => true,
+            // Devices without operstate support report UNKNOWN; trust the carrier.
+            State::Unknown => msg.header.flags.contains(LinkFlags::LowerUp),
+            _ => false,
+        };
+        info
+    }
+}
+
+fn by_index(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+fn set_up(msg: &mut LinkMessage) {
+    msg.header.flags |= LinkFlags::Up;
+    msg.header.change_mask |= LinkFlags::Up;
+}
+
+impl Netlink {
+    /// The link named `name`, if it exists.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkInfo>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
+            format!("looking up link {name}")
+        }) {
+            Ok(replies) => Ok(replies.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(LinkInfo::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with index `index`, if it exists.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>> {
+        match self.request(RouteNetlinkMessage::GetLink(by_index(index)), 0, || {
+            format!("looking up link {index}")
+        }) {
+            Ok(replies) => Ok(replies.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(LinkInfo::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+            || "listing links".into(),
+        )?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(LinkInfo::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates bridge `name` (up, with `mtu`). Fails with EEXIST when it exists.
+    pub fn add_bridge(&mut self, name: &str, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        set_up(&mut msg);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("creating bridge {name}"),
+        )
+        .map(drop)
+    }
+
+    /// Creates a veth pair in one request: `name` here, up, with `mtu`, attached to
+    /// `master`; its peer `peer` made directly inside the namespace `peer_netns` (down)
+    /// with the same MTU. Fails with EEXIST when `name` exists here (a name taken in the
+    /// peer namespace fails the same way).
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        mtu: u32,
+        master: u32,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<()> {
+        // The peer cannot be set up in the same request (the kernel answers ENOTCONN):
+        // the caller brings it up from a socket in its namespace.
+        let mut peer_msg = LinkMessage::default();
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+        let mut msg = LinkMessage::default();
+        set_up(&mut msg);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::Controller(master));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::Kind(InfoKind::Veth),
+            NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("creating veth {name} with peer {peer} in the pod namespace"),
+        )
+        .map(drop)
+    }
+
+    /// Sets a link up and/or its MTU.
+    pub fn set_link(&mut self, index: u32, up: bool, mtu: Option<u32>) -> Result<()> {
+        let mut msg = by_index(index);
+        if up {
+            set_up(&mut msg);
+        }
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("configuring link {index}")
+        })
+        .map(drop)
+    }
+
+    /// Turns hairpin mode on for bridge port `index` (a pod can reach itself through a
+    /// service address that the bridge sends back out of the same port).
+    pub fn set_hairpin(&mut self, index: u32) -> Result<()> {
+        let mut msg = by_index(index);
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::PortKind(InfoPortKind::Bridge),
+            NlLinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), 0, || {
+            format!("setting hairpin on link {index}")
+        })
+        .map(drop)
+    }
+
+    /// Deletes a link (for a veth, both ends). ENODEV when it does not exist.
+    pub fn del_link(&mut self, index: u32) -> Result<()> {
+        self.request(RouteNetlinkMessage::DelLink(by_index(index)), 0, || {
+            format!("deleting link {index}")
+        })
+        .map(drop)
+    }
+
+    /// Deletes link `name` if it exists; returns whether it did.
+    pub fn del_link_by_name(&mut self, name: &str) -> Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0, || {
+            format!("deleting link {name}")
+        }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until link `index` is operationally up, at most `timeout`, from kernel
+    /// notifications (no polling sleeps). Returns the link as last seen.
+    pub fn wait_oper_up(&mut self, index: u32, timeout: Duration) -> Result<LinkInfo> {
+        const RTNLGRP_LINK: u32 = 1;
+        self.subscribe(RTNLGRP_LINK)?;
+        let deadline = Instant::now() + timeout;
+        let mut link = self.link_by_index(index)?.ok_or(Error::Kernel {
+            op: format!("waiting for link {index}"),
+            errno: Errno::ENODEV,
+        })?;
+        while !link.oper_up {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Kernel {
+                    op: format!("link {} did not come up within {timeout:?}", link.name),
+                    errno: Errno::ETIMEDOUT,
+                });
+            }
+            for msg in self.notifications(left)? {
+                if let RouteNetlinkMessage::NewLink(l) = msg
+                    && l.header.index == index
+                {
+                    link = LinkInfo::from_message(&l);
+                }
+            }
+        }
+        Ok(link)
+    }
+}
