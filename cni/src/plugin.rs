@@ -169,7 +169,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
     )?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     match wire_pod(
-        &mut host, &mut pod, &netns, env, conf, &bridge, &host_name, mtu, &leases,
+        &mut host, &mut pod, &netns, env, &bridge, &host_name, mtu, &leases,
     ) {
         Ok(interfaces) => Ok(AddResult {
             interfaces,
