@@ -158,6 +158,7 @@ struct RawConf {
     valid_attachments: Option<Vec<Attachment>>,
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<Attachment>>,
+    ipam: Option<Value>,
 }
 
 /// The validated network configuration.
@@ -225,6 +226,13 @@ impl NetConf {
                     "{cni_version:?} is not one of {}",
                     SUPPORTED_VERSIONS.join(", ")
                 ),
+            ));
+        }
+        if raw.ipam.is_some() {
+            return Err(CniError::new(
+                Code::UnsupportedField,
+                "unsupported field ipam",
+                "podnet-cni has built-in IPAM from podCIDRs; remove the ipam section",
             ));
         }
         let name = raw.name.unwrap_or_default();
@@ -437,6 +445,7 @@ mod tests {
         assert_eq!(conf.bridge, "podnet0");
         let cases: &[(&[u8], Code)] = &[
             (b"{not json", Code::Decode),
+            (br#"{"cniVersion":"1.0.0","name":"n","podCIDRs":["10.0.0.0/24"],"ipam":{"type":"host-local"}}"#, Code::UnsupportedField),
             (
                 br#"{"cniVersion":"9.9.9","name":"n","podCIDRs":["10.0.0.0/24"]}"#,
                 Code::IncompatibleVersion,

@@ -1,0 +1,621 @@
+//! podnet-cni driven as a runtime drives it, in network namespaces each test creates
+//! and removes: every verb, every error code, rollback, idempotent DEL, GC, 64 parallel
+//! ADDs, dual-stack pods pinging each other, and a real CNI client (cnitool).
+//! Needs root; without it every test fails saying so.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_podnet-cni");
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "podnet-cni tests need root (network namespaces, veths, bridges): run them as root"
+    );
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// A network namespace this test made; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        let out = sh(&["ip", "netns", "add", &name]);
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+    fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// A node: its namespace (the plugin's "host") and lease directory.
+struct Node {
+    ns: Netns,
+    data_dir: PathBuf,
+    cidrs: Vec<&'static str>,
+}
+
+impl Node {
+    fn new(cidrs: &[&'static str]) -> Self {
+        let ns = Netns::new("pncni-node");
+        let data_dir = std::env::temp_dir().join(unique("pncni-ipam"));
+        Self {
+            ns,
+            data_dir,
+            cidrs: cidrs.to_vec(),
+        }
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        json!({"cniVersion": version, "name": "podnet", "type": "podnet-cni", "bridge": "podnet0",
+               "podCIDRs": self.cidrs, "mtu": 1400, "dataDir": self.data_dir})
+    }
+
+    /// Runs the plugin in the node namespace, as a runtime would.
+    fn cni(&self, cmd: &str, cid: &str, netns: &str, ifname: &str, conf: &Value) -> (bool, Value) {
+        let stdin = conf.to_string();
+        self.cni_raw(cmd, cid, netns, ifname, stdin.as_bytes())
+    }
+
+    fn cni_raw(
+        &self,
+        cmd: &str,
+        cid: &str,
+        netns: &str,
+        ifname: &str,
+        stdin: &[u8],
+    ) -> (bool, Value) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.0, BIN])
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env(
+                "CNI_PATH",
+                Path::new(BIN).parent().unwrap_or(Path::new("/")),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the plugin: {e}"));
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(stdin);
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
+        };
+        (out.status.success(), v)
+    }
+
+    fn add(&self, cid: &str, pod: &Netns) -> Value {
+        let (ok, v) = self.cni("ADD", cid, &pod.path(), "eth0", &self.conf("1.1.0"));
+        assert!(ok, "ADD failed: {v}");
+        v
+    }
+
+    fn leases(&self) -> Vec<String> {
+        std::fs::read_dir(self.data_dir.join("podnet"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn host_veths(&self) -> Vec<String> {
+        let out = self.ns.exec(&["ip", "-j", "link", "show", "type", "veth"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn ips(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["address"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn addr_only(cidr: &str) -> String {
+    cidr.split('/').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_through_the_bridge() {
+    require_root();
+    let node = Node::new(&["10.244.7.0/24", "fd00:10:244:7::/64"]);
+    let (a, b) = (Netns::new("pncni-pa"), Netns::new("pncni-pb"));
+    let ra = node.add("pod-a", &a);
+    let rb = node.add("pod-b", &b);
+    assert_eq!(ra["cniVersion"], "1.1.0");
+    let ifs = ra["interfaces"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ifs.len(), 3, "{ra}");
+    assert_eq!(ifs[0]["name"], "podnet0");
+    assert_eq!(ifs[2]["name"], "eth0");
+    assert_eq!(ifs[2]["sandbox"], a.path());
+    assert!(
+        ifs.iter().all(|i| i["mac"]
+            .as_str()
+            .is_some_and(|m| m.len() == 17 && m != "00:00:00:00:00:00")),
+        "{ra}"
+    );
+    assert_eq!(ips(&ra).len(), 2);
+    assert_eq!(ra["ips"][0]["gateway"], "10.244.7.1");
+    assert_eq!(ra["ips"][1]["gateway"], "fd00:10:244:7::1");
+    assert_eq!(ra["ips"][0]["interface"], 2);
+    assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
+    // Pod side: addresses, default routes, MTU.
+    let link: Value = serde_json::from_slice(&a.exec(&["ip", "-j", "addr", "show", "eth0"]).stdout)
+        .unwrap_or_default();
+    assert_eq!(link[0]["mtu"], 1400);
+    assert_eq!(link[0]["operstate"], "UP");
+    let routes = String::from_utf8_lossy(&a.exec(&["ip", "route"]).stdout).into_owned();
+    assert!(
+        routes.contains("default via 10.244.7.1 dev eth0"),
+        "{routes}"
+    );
+    let routes6 = String::from_utf8_lossy(&a.exec(&["ip", "-6", "route"]).stdout).into_owned();
+    assert!(
+        routes6.contains("default via fd00:10:244:7::1 dev eth0"),
+        "{routes6}"
+    );
+    // Host side: bridge with gateways and MTU, hairpin on the port.
+    let br = String::from_utf8_lossy(&node.ns.exec(&["ip", "addr", "show", "podnet0"]).stdout)
+        .into_owned();
+    assert!(
+        br.contains("10.244.7.1/24")
+            && br.contains("fd00:10:244:7::1/64")
+            && br.contains("mtu 1400"),
+        "{br}"
+    );
+    let host_name = ifs[1]["name"].as_str().unwrap_or_default().to_string();
+    let detail = String::from_utf8_lossy(
+        &node
+            .ns
+            .exec(&["ip", "-d", "link", "show", &host_name])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        detail.contains("master podnet0")
+            && detail.contains("hairpin on")
+            && detail.contains("mtu 1400"),
+        "{detail}"
+    );
+    // Traffic, both families, both directions, no DAD delay on IPv6.
+    for (from, to) in [(&a, &rb), (&b, &ra)] {
+        for ip in ips(to) {
+            let out = from.exec(&["ping", "-c", "1", "-W", "2", &addr_only(&ip)]);
+            assert!(
+                out.status.success(),
+                "ping {ip}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    for (cid, ns) in [("pod-a", &a), ("pod-b", &b)] {
+        let (ok, v) = node.cni("DEL", cid, &ns.path(), "eth0", &node.conf("1.1.0"));
+        assert!(ok && v.is_null(), "DEL: {v}");
+    }
+    assert!(
+        node.leases().is_empty(),
+        "leaked leases: {:?}",
+        node.leases()
+    );
+    assert!(
+        node.host_veths().is_empty(),
+        "leaked veths: {:?}",
+        node.host_veths()
+    );
+}
+
+#[test]
+fn version_and_results_follow_the_request() {
+    require_root();
+    let node = Node::new(&["10.244.8.0/24"]);
+    let (ok, v) = node.cni_raw("VERSION", "", "", "", br#"{"cniVersion":"0.4.0"}"#);
+    assert!(ok);
+    assert_eq!(v["cniVersion"], "0.4.0");
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let pod = Netns::new("pncni-v");
+        let (ok, r) = node.cni("ADD", "c-ver", &pod.path(), "eth0", &node.conf(version));
+        assert!(ok, "{version}: {r}");
+        assert_eq!(r["cniVersion"], version);
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            version.starts_with("0."),
+            "{version}: {r}"
+        );
+        let (ok, _) = node.cni("DEL", "c-ver", &pod.path(), "eth0", &node.conf(version));
+        assert!(ok);
+    }
+}
+
+#[test]
+fn del_is_idempotent_and_always_releases() {
+    require_root();
+    let node = Node::new(&["10.244.9.0/24", "fd00:10:244:9::/64"]);
+    let conf = node.conf("1.1.0");
+    // Never added.
+    assert!(node.cni("DEL", "ghost", "", "eth0", &conf).0);
+    let pod = Netns::new("pncni-d");
+    node.add("c1", &pod);
+    assert!(node.cni("DEL", "c1", &pod.path(), "eth0", &conf).0);
+    assert!(
+        node.cni("DEL", "c1", &pod.path(), "eth0", &conf).0,
+        "second DEL"
+    );
+    // The namespace gone before DEL, and CNI_NETNS empty.
+    let pod2 = Netns::new("pncni-d");
+    node.add("c2", &pod2);
+    let path = pod2.path();
+    drop(pod2);
+    assert!(
+        node.cni("DEL", "c2", &path, "eth0", &conf).0,
+        "DEL with a vanished netns"
+    );
+    assert!(
+        node.cni("DEL", "c2", "", "eth0", &conf).0,
+        "DEL without CNI_NETNS"
+    );
+    assert!(node.leases().is_empty(), "{:?}", node.leases());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    // Re-ADD with the same container ID and ifname right after DEL works.
+    let pod3 = Netns::new("pncni-d");
+    node.add("c1", &pod3);
+    assert!(node.cni("DEL", "c1", &pod3.path(), "eth0", &conf).0);
+}
+
+#[test]
+fn every_error_code_is_reported_as_cni_error_json() {
+    require_root();
+    let node = Node::new(&["10.244.10.0/30"]);
+    let pod = Netns::new("pncni-e");
+    let conf = node.conf("1.0.0");
+    let code = |(ok, v): (bool, Value)| {
+        assert!(!ok, "expected an error, got {v}");
+        assert!(v["msg"].is_string() && v["cniVersion"].is_string(), "{v}");
+        v["code"].as_u64().unwrap_or(0)
+    };
+    let mut bad_version = conf.clone();
+    bad_version["cniVersion"] = json!("0.2.0");
+    assert_eq!(
+        code(node.cni("ADD", "c", &pod.path(), "eth0", &bad_version)),
+        1
+    );
+    let mut with_ipam = conf.clone();
+    with_ipam["ipam"] = json!({"type": "host-local"});
+    assert_eq!(
+        code(node.cni("ADD", "c", &pod.path(), "eth0", &with_ipam)),
+        2
+    );
+    assert_eq!(
+        code(node.cni(
+            "ADD",
+            "c",
+            "/var/run/netns/does-not-exist-podnet",
+            "eth0",
+            &conf
+        )),
+        3
+    );
+    assert_eq!(
+        code(node.cni("ADD", "../../etc", &pod.path(), "eth0", &conf)),
+        4
+    );
+    assert_eq!(code(node.cni("ADD", "c", &pod.path(), "../x", &conf)), 4);
+    assert_eq!(
+        code(node.cni("ADD", "c", &pod.path(), "this-is-too-long-x", &conf)),
+        4
+    );
+    assert_eq!(
+        code(node.cni_raw("ADD", "c", &pod.path(), "eth0", b"{\"cniVersion\": ")),
+        6
+    );
+    let mut bad_cidr = conf.clone();
+    bad_cidr["podCIDRs"] = json!(["10.244.10.1/30"]);
+    assert_eq!(
+        code(node.cni("ADD", "c", &pod.path(), "eth0", &bad_cidr)),
+        7
+    );
+    let blocker = std::env::temp_dir().join(unique("pncni-file"));
+    std::fs::write(&blocker, b"x").unwrap_or_default();
+    let mut bad_dir = conf.clone();
+    bad_dir["dataDir"] = json!(blocker.join("sub"));
+    assert_eq!(code(node.cni("ADD", "c", &pod.path(), "eth0", &bad_dir)), 5);
+    let _ = std::fs::remove_file(&blocker);
+    // A /30 has one pod address: the second pod must try again later.
+    node.add("first", &pod);
+    let pod2 = Netns::new("pncni-e");
+    assert_eq!(
+        code(node.cni("ADD", "second", &pod2.path(), "eth0", &conf)),
+        11
+    );
+    assert!(
+        node.host_veths().len() == 1,
+        "a failed ADD left a veth: {:?}",
+        node.host_veths()
+    );
+    // The interface name is taken in the namespace.
+    assert_eq!(
+        code(node.cni("ADD", "third", &pod.path(), "eth0", &conf)),
+        101
+    );
+    assert!(node.cni("DEL", "first", &pod.path(), "eth0", &conf).0);
+    assert!(node.leases().is_empty());
+}
+
+#[test]
+fn a_failed_add_leaves_nothing_behind() {
+    require_root();
+    let node = Node::new(&["10.244.11.0/24", "fd00:10:244:11::/64"]);
+    let pod = Netns::new("pncni-r");
+    // IPv6 disabled in the pod: the IPv6 address fails after the veth exists.
+    let out = pod.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ]);
+    assert!(out.status.success());
+    let (ok, v) = node.cni("ADD", "c-fail", &pod.path(), "eth0", &node.conf("1.1.0"));
+    assert!(!ok, "ADD should fail: {v}");
+    assert!(
+        node.host_veths().is_empty(),
+        "rollback left {:?}",
+        node.host_veths()
+    );
+    assert!(
+        node.leases().is_empty(),
+        "rollback left leases {:?}",
+        node.leases()
+    );
+    let links = String::from_utf8_lossy(&pod.exec(&["ip", "-br", "link"]).stdout).into_owned();
+    assert!(!links.contains("eth0"), "{links}");
+}
+
+#[test]
+fn check_verifies_the_attachment() {
+    require_root();
+    let node = Node::new(&["10.244.12.0/24", "fd00:10:244:12::/64"]);
+    let pod = Netns::new("pncni-c");
+    let result = node.add("c1", &pod);
+    let mut conf = node.conf("1.1.0");
+    conf["prevResult"] = result.clone();
+    let (ok, v) = node.cni("CHECK", "c1", &pod.path(), "eth0", &conf);
+    assert!(ok, "CHECK: {v}");
+    let v4 = ips(&result)[0].clone();
+    pod.exec(&["ip", "addr", "del", &v4, "dev", "eth0"]);
+    let (ok, v) = node.cni("CHECK", "c1", &pod.path(), "eth0", &conf);
+    assert!(!ok && v["code"] == 100, "{v}");
+    assert!(node.cni("DEL", "c1", &pod.path(), "eth0", &conf).0);
+}
+
+#[test]
+fn gc_releases_everything_not_valid() {
+    require_root();
+    let node = Node::new(&["10.244.13.0/24"]);
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pncni-g")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add(&format!("c{i}"), p);
+    }
+    let mut conf = node.conf("1.1.0");
+    // No list: nothing is touched.
+    assert!(node.cni("GC", "", "", "", &conf).0);
+    assert_eq!(node.leases().len(), 3);
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    let (ok, v) = node.cni("GC", "", "", "", &conf);
+    assert!(ok, "{v}");
+    assert_eq!(node.leases().len(), 1);
+    assert_eq!(node.host_veths().len(), 1);
+    let links = String::from_utf8_lossy(&pods[1].exec(&["ip", "-br", "link"]).stdout).into_owned();
+    assert!(
+        links.contains("eth0"),
+        "the valid pod lost its interface: {links}"
+    );
+    // The older key works too; an empty list releases everything.
+    let mut conf = node.conf("1.1.0");
+    conf["cni.dev/attachments"] = json!([]);
+    assert!(node.cni("GC", "", "", "", &conf).0);
+    assert!(node.leases().is_empty() && node.host_veths().is_empty());
+}
+
+#[test]
+fn status_reports_whether_add_can_be_served() {
+    require_root();
+    let node = Node::new(&["10.244.14.0/30"]);
+    let conf = node.conf("1.1.0");
+    assert!(node.cni("STATUS", "", "", "", &conf).0);
+    let pod = Netns::new("pncni-s");
+    node.add("only", &pod);
+    let (ok, v) = node.cni("STATUS", "", "", "", &conf);
+    assert!(!ok && v["code"] == 50, "{v}");
+    assert!(
+        v["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no free address"),
+        "{v}"
+    );
+    let mut broken = conf.clone();
+    broken["podCIDRs"] = json!([]);
+    assert!(!node.cni("STATUS", "", "", "", &broken).0);
+    assert!(node.cni("DEL", "only", &pod.path(), "eth0", &conf).0);
+    assert!(node.cni("STATUS", "", "", "", &conf).0);
+}
+
+#[test]
+fn sixty_four_parallel_adds_get_distinct_addresses() {
+    require_root();
+    let node = Node::new(&["10.244.15.0/24", "fd00:10:244:15::/64"]);
+    let pods: Vec<Netns> = (0..64).map(|_| Netns::new("pncni-p")).collect();
+    let results: Vec<(bool, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let node = &node;
+                s.spawn(move || {
+                    node.cni(
+                        "ADD",
+                        &format!("par{i}"),
+                        &p.path(),
+                        "eth0",
+                        &node.conf("1.1.0"),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((false, Value::Null)))
+            .collect()
+    });
+    let mut seen = HashSet::new();
+    for (ok, r) in &results {
+        assert!(ok, "parallel ADD failed: {r}");
+        for ip in ips(r) {
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+        }
+    }
+    assert_eq!(seen.len(), 128);
+    assert_eq!(node.host_veths().len(), 64);
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let node = &node;
+            s.spawn(move || {
+                assert!(
+                    node.cni(
+                        "DEL",
+                        &format!("par{i}"),
+                        &p.path(),
+                        "eth0",
+                        &node.conf("1.1.0")
+                    )
+                    .0
+                )
+            });
+        }
+    });
+    assert!(node.leases().is_empty() && node.host_veths().is_empty());
+}
+
+#[test]
+fn cnitool_drives_every_verb() {
+    require_root();
+    let cnitool = std::env::var("PODNET_TOOLS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/var/cache/podnet-tools"))
+        .join("bin/cnitool");
+    assert!(
+        cnitool.is_file(),
+        "cnitool not found at {}: run scripts/build-tools.sh",
+        cnitool.display()
+    );
+    let node = Node::new(&["10.244.16.0/24", "fd00:10:244:16::/64"]);
+    let confdir = std::env::temp_dir().join(unique("pncni-conf"));
+    let bindir = std::env::temp_dir().join(unique("pncni-bin"));
+    std::fs::create_dir_all(&confdir).unwrap_or_default();
+    std::fs::create_dir_all(&bindir).unwrap_or_default();
+    std::fs::copy(BIN, bindir.join("podnet-cni")).unwrap_or_else(|e| panic!("{e}"));
+    let conflist = json!({"cniVersion": "1.1.0", "name": "podnet", "plugins": [
+        {"type": "podnet-cni", "podCIDRs": node.cidrs, "dataDir": node.data_dir}]});
+    std::fs::write(confdir.join("10-podnet.conflist"), conflist.to_string()).unwrap_or_default();
+    let pod = Netns::new("pncni-t");
+    let run = |verb: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &node.ns.0])
+            .arg(&cnitool)
+            .args([verb, "podnet", &pod.path()])
+            .env("CNI_PATH", &bindir)
+            .env("NETCONFPATH", &confdir)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for verb in ["add", "check", "status", "del", "gc"] {
+        let out = run(verb);
+        assert!(
+            out.status.success(),
+            "cnitool {verb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if verb == "add" {
+            let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert_eq!(ips(&r).len(), 2, "{r}");
+            let ping = pod.exec(&["ping", "-c", "1", "-W", "2", "10.244.16.1"]);
+            assert!(ping.status.success(), "pod cannot reach its gateway");
+        }
+    }
+    assert!(node.leases().is_empty() && node.host_veths().is_empty());
+    let _ = std::fs::remove_dir_all(&confdir);
+    let _ = std::fs::remove_dir_all(&bindir);
+}
