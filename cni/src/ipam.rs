@@ -12,6 +12,9 @@
 //!
 //! A crash at any instant leaves at worst a lease without an attachment file; DEL (which
 //! falls back to a scan when the attachment file is missing) and GC release it.
+//!
+//! Nothing is fsync'ed: atomicity against a killed process comes from link/rename, and
+//! the store lives on tmpfs (/run), which a machine crash empties along with every pod.
 
 use std::collections::HashSet;
 use std::fs::{self, File};

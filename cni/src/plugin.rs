@@ -5,6 +5,7 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -143,124 +144,152 @@ fn ensure_forwarding(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// ADD runs on two threads at once (the machine has several cores and most of the time
+/// is kernel work): a thread of ours enters the pod's namespace, checks that the interface
+/// name is free and, once the veth exists, configures the pod side; meanwhile the main
+/// thread, which never leaves the host namespace, prepares the bridge and the leases,
+/// creates the veth and configures the host side. Any failure undoes everything.
 fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
     let netns_path = env.netns.clone().unwrap_or_default();
     let netns = open_netns(&netns_path)?;
-    let mut pod = Netlink::in_netns_file(&netns, &netns_path)?;
-    if pod.link_by_name(&env.ifname)?.is_some() {
-        return Err(CniError::new(
-            Code::InterfaceExists,
-            "interface already exists",
-            format!("{} exists in {}", env.ifname, netns_path.display()),
-        ));
-    }
-    let mut host = Netlink::new()?;
-    let mtu = match conf.mtu {
-        Some(m) => m,
-        None => default_route_mtu(&mut host)?,
-    };
-    let bridge = ensure_bridge(&mut host, conf, mtu)?;
-    ensure_forwarding(conf)?;
-    // The lock is held only while leases are written, not during the netlink work.
-    let leases = Ipam::open(&conf.data_dir, &conf.name)?.allocate(
-        &conf.pod_cidrs,
-        &env.container_id,
-        &env.ifname,
-    )?;
-    let host_name = host_veth_name(&env.container_id, &env.ifname);
-    match wire_pod(
-        &mut host, &mut pod, &netns, env, &bridge, &host_name, mtu, &leases,
-    ) {
-        Ok(interfaces) => Ok(AddResult {
-            interfaces,
-            ips: leases
-                .iter()
-                .map(|l| (*l, NetConf::gateway(&l.trunc())))
-                .collect(),
-            dns: conf.dns.clone(),
-        }),
-        Err(e) => {
-            // Undo everything before reporting: no veth, no lease.
-            let _ = host.del_link_by_name(&host_name);
-            if let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name) {
-                let _ = ipam.release(&env.container_id, &env.ifname);
+    let (checked_tx, checked_rx) = mpsc::channel::<Result<(), CniError>>();
+    let (go_tx, go_rx) = mpsc::channel::<Vec<IpNet>>();
+    std::thread::scope(|s| {
+        let pod_side = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn_scoped(s, || {
+                pod_thread(&netns, &netns_path, &env.ifname, checked_tx, go_rx)
+            })
+            .map_err(|e| CniError::new(Code::Io, "cannot start a thread", e.to_string()))?;
+        let host_side = host_add(env, conf, &netns, &checked_rx, go_tx);
+        let pod_side = pod_side.join().unwrap_or_else(|_| {
+            Err(CniError::new(
+                Code::Io,
+                "internal error",
+                "the pod-side thread panicked",
+            ))
+        });
+        match (host_side, pod_side) {
+            (Ok((bridge, host_link, leases)), Ok(Some(pod_link))) => Ok(AddResult {
+                interfaces: vec![bridge, host_link, pod_link],
+                ips: leases
+                    .iter()
+                    .map(|l| (*l, NetConf::gateway(&l.trunc())))
+                    .collect(),
+                dns: conf.dns.clone(),
+            }),
+            (Err(HostError::BeforeVeth(e)), _) => Err(e),
+            (Err(HostError::AfterVeth(e)), _) | (Ok(_), Err(e)) => {
+                undo_add(env, conf);
+                Err(e)
             }
-            Err(e)
+            (Ok(_), Ok(None)) => {
+                undo_add(env, conf);
+                Err(CniError::new(
+                    Code::Io,
+                    "internal error",
+                    "the pod side stopped without a result",
+                ))
+            }
         }
-    }
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn wire_pod(
-    host: &mut Netlink,
-    pod: &mut Netlink,
-    netns: &File,
+/// Host-side failures, by whether there is anything to undo.
+enum HostError {
+    /// Nothing is left to undo (leases taken were released).
+    BeforeVeth(CniError),
+    /// The veth and the leases exist and must go.
+    AfterVeth(CniError),
+}
+
+type HostSide = (ResultInterface, ResultInterface, Vec<IpNet>);
+
+fn host_add(
     env: &Env,
-    bridge: &LinkInfo,
-    host_name: &str,
-    mtu: u32,
-    leases: &[IpNet],
-) -> Result<Vec<ResultInterface>, CniError> {
-    if let Some(fault) = std::env::var_os("PODNET_CNI_TEST_FAIL_AFTER_VETH") {
-        // Test hook: fail after the veth exists, to prove the rollback.
-        let _ = fault;
-        host.add_veth(host_name, mtu, bridge.index, &env.ifname, netns.as_fd())?;
-        return Err(CniError::new(
+    conf: &NetConf,
+    netns: &File,
+    checked: &mpsc::Receiver<Result<(), CniError>>,
+    go: mpsc::Sender<Vec<IpNet>>,
+) -> Result<HostSide, HostError> {
+    let before = HostError::BeforeVeth;
+    let mut host = Netlink::new().map_err(|e| before(e.into()))?;
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => default_route_mtu(&mut host).map_err(before)?,
+    };
+    let bridge = ensure_bridge(&mut host, conf, mtu).map_err(before)?;
+    ensure_forwarding(conf).map_err(before)?;
+    // Whether this attachment held leases already (a repeated ADD): those are never
+    // released here.
+    let mut held_before = false;
+    let leases = Ipam::open(&conf.data_dir, &conf.name).and_then(|mut ipam| {
+        held_before = !ipam.lookup(&env.container_id, &env.ifname).is_empty();
+        ipam.allocate(&conf.pod_cidrs, &env.container_id, &env.ifname)
+    });
+    // The veth only once the pod side confirmed the interface name is free; a taken
+    // name is the error to report, and the leases just taken go back.
+    let check = checked.recv().unwrap_or_else(|_| {
+        Err(CniError::new(
             Code::Io,
-            "injected failure",
-            "PODNET_CNI_TEST_FAIL_AFTER_VETH is set",
-        ));
+            "internal error",
+            "the pod-side thread ended early",
+        ))
+    });
+    if let Err(e) = check {
+        if leases.is_ok()
+            && !held_before
+            && let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name)
+        {
+            let _ = ipam.release(&env.container_id, &env.ifname);
+        }
+        return Err(before(e));
     }
-    match host.add_veth(host_name, mtu, bridge.index, &env.ifname, netns.as_fd()) {
+    let leases = leases.map_err(before)?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let after = HostError::AfterVeth;
+    match host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd()) {
         Ok(()) => {}
         Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
             // A host end left by an interrupted ADD of this same attachment: its name is
             // ours by construction. Remove it and try once more.
-            host.del_link_by_name(host_name)?;
-            host.add_veth(host_name, mtu, bridge.index, &env.ifname, netns.as_fd())?;
+            host.del_link_by_name(&host_name)
+                .map_err(|e| after(e.into()))?;
+            host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd())
+                .map_err(|e| after(e.into()))?;
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(after(e.into())),
     }
+    // The pod side configures addresses and routes while this thread does the host side.
+    go.send(leases.clone()).map_err(|_| {
+        after(CniError::new(
+            Code::Io,
+            "internal error",
+            "the pod-side thread ended early",
+        ))
+    })?;
     let host_link = host
-        .link_by_name(host_name)?
-        .ok_or_else(|| CniError::new(Code::Io, "host veth missing", host_name.to_string()))?;
-    host.set_hairpin(host_link.index)?;
-    let pod_link = pod
-        .link_by_name(&env.ifname)?
-        .ok_or_else(|| CniError::new(Code::Io, "pod interface missing", env.ifname.clone()))?;
-    for lease in leases {
-        pod.add_address(
-            pod_link.index,
-            lease.addr(),
-            lease.prefix_len(),
-            lease.addr().is_ipv6(),
-        )?;
-    }
-    pod.set_link(pod_link.index, true, None)?;
-    for lease in leases {
-        let dst = if lease.addr().is_ipv4() {
-            IpAddr::from([0u8; 4])
-        } else {
-            IpAddr::from([0u16; 8])
-        };
-        pod.add_route(&Route {
-            dst,
-            prefix: 0,
-            gateway: Some(NetConf::gateway(&lease.trunc())),
-            oif: Some(pod_link.index),
-            protocol: RTPROT_BOOT,
+        .link_by_name(&host_name)
+        .map_err(|e| after(e.into()))?
+        .ok_or_else(|| {
+            after(CniError::new(
+                Code::Io,
+                "host veth missing",
+                host_name.clone(),
+            ))
         })?;
-    }
-    pod.wait_oper_up(pod_link.index, OPER_UP_TIMEOUT)?;
+    host.set_hairpin(host_link.index)
+        .map_err(|e| after(e.into()))?;
     // A new bridge takes its address from its first port: read it again then.
     let bridge_mac = if bridge.mac.iter().all(|b| *b == 0) {
-        host.link_by_index(bridge.index)?
+        host.link_by_index(bridge.index)
+            .map_err(|e| after(e.into()))?
             .map(|b| b.mac)
             .unwrap_or_default()
     } else {
         bridge.mac.clone()
     };
-    Ok(vec![
+    Ok((
         ResultInterface {
             name: bridge.name.clone(),
             mac: mac_string(&bridge_mac),
@@ -271,12 +300,84 @@ fn wire_pod(
             mac: mac_string(&host_link.mac),
             sandbox: None,
         },
-        ResultInterface {
-            name: pod_link.name,
-            mac: mac_string(&pod_link.mac),
-            sandbox: env.netns.as_ref().map(|p| p.display().to_string()),
-        },
-    ])
+        leases,
+    ))
+}
+
+/// Runs on a thread of its own that enters the pod's namespace and ends with the ADD.
+/// Returns the pod interface, or `None` when the host side gave up before the veth.
+fn pod_thread(
+    netns: &File,
+    netns_path: &Path,
+    ifname: &str,
+    checked: mpsc::Sender<Result<(), CniError>>,
+    go: mpsc::Receiver<Vec<IpNet>>,
+) -> Result<Option<ResultInterface>, CniError> {
+    let check = Netlink::enter_netns_on_this_thread(netns, netns_path)
+        .map_err(CniError::from)
+        .and_then(|mut pod| match pod.link_by_name(ifname)? {
+            Some(_) => Err(CniError::new(
+                Code::InterfaceExists,
+                "interface already exists",
+                format!("{ifname} exists in {}", netns_path.display()),
+            )),
+            None => Ok(pod),
+        });
+    let mut pod = match check {
+        Ok(pod) => {
+            let _ = checked.send(Ok(()));
+            pod
+        }
+        Err(e) => {
+            let _ = checked.send(Err(e));
+            return Ok(None);
+        }
+    };
+    let Ok(leases) = go.recv() else {
+        return Ok(None);
+    };
+    let link = pod
+        .link_by_name(ifname)?
+        .ok_or_else(|| CniError::new(Code::Io, "pod interface missing", ifname.to_string()))?;
+    for lease in &leases {
+        pod.add_address(
+            link.index,
+            lease.addr(),
+            lease.prefix_len(),
+            lease.addr().is_ipv6(),
+        )?;
+    }
+    pod.set_link(link.index, true, None)?;
+    for lease in &leases {
+        let dst = if lease.addr().is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        };
+        pod.add_route(&Route {
+            dst,
+            prefix: 0,
+            gateway: Some(NetConf::gateway(&lease.trunc())),
+            oif: Some(link.index),
+            protocol: RTPROT_BOOT,
+        })?;
+    }
+    pod.wait_oper_up(link.index, OPER_UP_TIMEOUT)?;
+    Ok(Some(ResultInterface {
+        name: link.name,
+        mac: mac_string(&link.mac),
+        sandbox: Some(netns_path.display().to_string()),
+    }))
+}
+
+/// Removes what a failed ADD made: the veth (both ends) and the leases.
+fn undo_add(env: &Env, conf: &NetConf) {
+    if let Ok(mut host) = Netlink::new() {
+        let _ = host.del_link_by_name(&host_veth_name(&env.container_id, &env.ifname));
+    }
+    if let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name) {
+        let _ = ipam.release(&env.container_id, &env.ifname);
+    }
 }
 
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {

@@ -69,15 +69,32 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Netlink {
     socket: Socket,
     seq: u32,
+    buf: Vec<u8>,
 }
+
+/// Receive buffer: large enough for any dump batch the kernel sends (it caps a batch
+/// at 32 KiB unless the reader offers more), so one recv(2) per batch suffices.
+const RECV_BUF: usize = 64 * 1024;
 
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> Result<Self> {
+        Ok(Self::from_socket(Self::socket()?))
+    }
+
+    fn socket() -> Result<Socket> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Self { socket, seq: 0 })
+        Ok(socket)
+    }
+
+    fn from_socket(socket: Socket) -> Self {
+        Self {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        }
     }
 
     /// A socket in the network namespace at `path` (such as `/var/run/netns/x` or
@@ -106,6 +123,19 @@ impl Netlink {
             .join()
             .unwrap_or_else(|_| Err(Error::Decode("namespace thread panicked".into())))
         })
+    }
+
+    /// Moves the *calling thread* into the network namespace `file` and returns a socket
+    /// there. The thread stays in that namespace: call this only on a thread you own and
+    /// end afterwards, never on a pooled or main thread that does host work later.
+    pub fn enter_netns_on_this_thread(file: &File, path: &Path) -> Result<Self> {
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
+            Error::Netns {
+                path: path.display().to_string(),
+                errno,
+            }
+        })?;
+        Self::new()
     }
 
     /// Joins rtnetlink multicast `group` (RTNLGRP_*) to receive notifications.
@@ -138,7 +168,8 @@ impl Netlink {
         let seq = self.send(msg, if dump { flags } else { flags | NLM_F_ACK })?;
         let mut out = Vec::new();
         loop {
-            let (buf, _) = self.socket.recv_from_full()?;
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            let buf = &self.buf[..n];
             let mut offset = 0;
             while offset < buf.len() {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
@@ -192,7 +223,8 @@ impl Netlink {
             Err(Errno::EINTR) => return Ok(Vec::new()),
             Err(e) => return Err(Error::Io(e.into())),
         }
-        let (buf, _) = self.socket.recv_from_full()?;
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        let buf = &self.buf[..n];
         let mut out = Vec::new();
         let mut offset = 0;
         while offset < buf.len() {

@@ -7,7 +7,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, State,
+    LinkExtentMask, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, State,
 };
 use nix::errno::Errno;
 
@@ -95,6 +95,13 @@ fn by_index(index: u32) -> LinkMessage {
     msg
 }
 
+/// A GETLINK request: statistics are skipped, they are the costliest part of the reply.
+fn get_request(mut msg: LinkMessage) -> RouteNetlinkMessage {
+    msg.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    RouteNetlinkMessage::GetLink(msg)
+}
+
 fn set_up(msg: &mut LinkMessage) {
     msg.header.flags |= LinkFlags::Up;
     msg.header.change_mask |= LinkFlags::Up;
@@ -119,7 +126,7 @@ impl Netlink {
 
     /// The link with index `index`, if it exists.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>> {
-        match self.request(RouteNetlinkMessage::GetLink(by_index(index)), 0, || {
+        match self.request(get_request(by_index(index)), 0, || {
             format!("looking up link {index}")
         }) {
             Ok(replies) => Ok(replies.iter().find_map(|m| match m {

@@ -1,0 +1,293 @@
+//! Benchmark: podnet-cni ADD and DEL latency per pod against the reference `bridge` +
+//! `host-local` plugins (Debian's containernetworking-plugins), in the same harness and
+//! the same run, plus the kernel's floor for DEL (`ip link del` of an identical veth).
+//!
+//! ```text
+//! scripts/build-cni.sh
+//! cargo build --release -p podnet-lab
+//! target/release/bench-cni [--pods 100] [--concurrent 32] [--plugin PATH] [--ref-dir /usr/lib/cni]
+//! ```
+//!
+//! The program re-executes itself inside a node namespace it creates, so every plugin is
+//! exec'd directly (no `ip netns exec` per call). Pod namespaces are created outside the
+//! timed part. Medians, p90 and ratios are printed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+struct Opts {
+    pods: usize,
+    concurrent: usize,
+    plugin: PathBuf,
+    ref_dir: PathBuf,
+}
+
+fn opts() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        pods: 100,
+        concurrent: 32,
+        plugin: PathBuf::from("target/x86_64-unknown-linux-gnu/release/podnet-cni"),
+        ref_dir: PathBuf::from("/usr/lib/cni"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--inner" {
+            continue;
+        }
+        let v = it.next().with_context(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--pods" => o.pods = v.parse()?,
+            "--concurrent" => o.concurrent = v.parse()?,
+            "--plugin" => o.plugin = v.into(),
+            "--ref-dir" => o.ref_dir = v.into(),
+            _ => bail!("unknown flag {a}"),
+        }
+    }
+    ensure!(
+        o.plugin.is_file(),
+        "{} not found: run scripts/build-cni.sh",
+        o.plugin.display()
+    );
+    ensure!(
+        o.ref_dir.join("bridge").is_file(),
+        "reference plugins missing in {}: apt-get install containernetworking-plugins",
+        o.ref_dir.display()
+    );
+    o.plugin = std::fs::canonicalize(&o.plugin)?;
+    Ok(o)
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Plugin {
+    label: &'static str,
+    bin: PathBuf,
+    cni_path: PathBuf,
+    conf: String,
+}
+
+fn invoke(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut child = Command::new(&p.bin)
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &p.cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(p.conf.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let took = start.elapsed();
+    ensure!(
+        out.status.success(),
+        "{} {cmd} {cid}: {}{}",
+        p.label,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+struct Pods(Vec<String>);
+
+impl Pods {
+    fn new(tag: &str, n: usize) -> anyhow::Result<Self> {
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("pnb-{tag}-{}-{i}", std::process::id()))
+            .collect();
+        for name in &names {
+            sh(&["ip", "netns", "add", name])?;
+        }
+        Ok(Self(names))
+    }
+    fn path(&self, i: usize) -> String {
+        format!("/var/run/netns/{}", self.0[i])
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = sh(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+/// Sequential and concurrent ADD/DEL latencies of one plugin.
+fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
+    let pods = Pods::new(p.label, o.pods)?;
+    let mut seq_add = Vec::new();
+    let mut seq_del = Vec::new();
+    for i in 0..o.pods {
+        seq_add.push(invoke(p, "ADD", &format!("s{i}"), &pods.path(i))?);
+    }
+    for i in 0..o.pods {
+        seq_del.push(invoke(p, "DEL", &format!("s{i}"), &pods.path(i))?);
+    }
+    let batch = Pods::new(&format!("{}c", p.label), o.concurrent)?;
+    let run_all = |cmd: &'static str| -> anyhow::Result<Vec<Duration>> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..o.concurrent)
+                .map(|i| {
+                    let path = batch.path(i);
+                    s.spawn(move || invoke(p, cmd, &format!("c{i}"), &path))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))
+                })
+                .collect()
+        })
+    };
+    let par_add = run_all("ADD")?;
+    let par_del = run_all("DEL")?;
+    Ok([seq_add, seq_del, par_add, par_del])
+}
+
+/// The kernel floor for DEL: `ip link del` of a veth pair like the plugins make — host
+/// end up on a bridge, pod end up in its own namespace.
+fn kernel_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let pods = Pods::new("floor", n)?;
+    sh(&["ip", "link", "add", "pnbfbr", "type", "bridge"])?;
+    sh(&["ip", "link", "set", "pnbfbr", "up"])?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let name = format!("pnbf{i}");
+        sh(&[
+            "ip", "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &pods.0[i],
+        ])?;
+        sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
+        sh(&["ip", "-n", &pods.0[i], "link", "set", "eth0", "up"])?;
+        let start = Instant::now();
+        sh(&["ip", "link", "del", &name])?;
+        out.push(start.elapsed());
+    }
+    sh(&["ip", "link", "del", "pnbfbr"])?;
+    Ok(out)
+}
+
+fn inner(o: &Opts) -> anyhow::Result<()> {
+    sh(&["ip", "link", "set", "lo", "up"])?;
+    // Both plugins keep their leases on tmpfs, as podnet does by default (/run).
+    let dir = PathBuf::from(format!("/dev/shm/pnb-{}", std::process::id()));
+    let podnet = Plugin {
+        label: "podnet",
+        bin: o.plugin.clone(),
+        cni_path: o.plugin.parent().map(PathBuf::from).unwrap_or_default(),
+        conf: serde_json::json!({"cniVersion": "1.0.0", "name": "podnet", "type": "podnet-cni", "bridge": "pnb0",
+            "podCIDRs": ["10.251.0.0/24"], "mtu": 1500, "dataDir": dir.join("podnet")}).to_string(),
+    };
+    let reference = Plugin {
+        label: "ref",
+        bin: o.ref_dir.join("bridge"),
+        cni_path: o.ref_dir.clone(),
+        conf: serde_json::json!({"cniVersion": "1.0.0", "name": "ref", "type": "bridge", "bridge": "refb0",
+            "isGateway": true, "hairpinMode": true, "mtu": 1500,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/24"}]], "dataDir": dir.join("ref")}}).to_string(),
+    };
+    // Warm-up (page cache, bridge creation) outside the measurement.
+    for p in [&reference, &podnet] {
+        let w = Pods::new(&format!("{}w", p.label), 1)?;
+        invoke(p, "ADD", "warm", &w.path(0))?;
+        invoke(p, "DEL", "warm", &w.path(0))?;
+    }
+    let [r_sa, r_sd, r_pa, r_pd] = measure(&reference, o)?;
+    let [p_sa, p_sd, p_pa, p_pd] = measure(&podnet, o)?;
+    let mut floor = kernel_floor(o.pods)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10}",
+        "median ms (p90)", "reference", "podnet", "ratio", ""
+    );
+    for (name, mut r, mut p) in [
+        (format!("ADD, {} sequential", o.pods), r_sa, p_sa),
+        (format!("ADD, {} concurrent", o.concurrent), r_pa, p_pa),
+        (
+            format!("DEL, {} sequential", o.pods),
+            r_sd.clone(),
+            p_sd.clone(),
+        ),
+        (format!("DEL, {} concurrent", o.concurrent), r_pd, p_pd),
+    ] {
+        let (rm, pm) = (pct(&mut r, 0.5), pct(&mut p, 0.5));
+        println!(
+            "{name:<28} {rm:>6.2} ({:>5.2}) {pm:>6.2} ({:>5.2}) {:>7.2}x",
+            pct(&mut r, 0.9),
+            pct(&mut p, 0.9),
+            pm / rm
+        );
+    }
+    let fm = pct(&mut floor, 0.5);
+    let mut p_sd = p_sd;
+    let pdm = pct(&mut p_sd, 0.5);
+    println!(
+        "kernel floor (ip link del of a veth, sequential): median {fm:.2} ms; podnet DEL / floor = {:.2}x",
+        pdm / fm
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = opts()?;
+    if std::env::args().any(|a| a == "--inner") {
+        return inner(&o);
+    }
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "bench-cni needs root (network namespaces)"
+    );
+    let node = format!("pnb-node-{}", std::process::id());
+    sh(&["ip", "netns", "add", &node])?;
+    let me = std::env::current_exe()?;
+    let mut args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        node.clone(),
+        me.display().to_string(),
+        "--inner".into(),
+    ];
+    args.extend([
+        "--pods".into(),
+        o.pods.to_string(),
+        "--concurrent".into(),
+        o.concurrent.to_string(),
+    ]);
+    args.extend([
+        "--plugin".into(),
+        o.plugin.display().to_string(),
+        "--ref-dir".into(),
+        o.ref_dir.display().to_string(),
+    ]);
+    let status = Command::new("ip").args(&args).status();
+    let _ = sh(&["ip", "netns", "del", &node]);
+    ensure!(status?.success(), "the benchmark failed");
+    Ok(())
+}
