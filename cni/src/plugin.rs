@@ -323,6 +323,10 @@ fn pod_thread(
             )),
             None => Ok(pod),
         });
+    // Subscribed before the veth exists: its arrival is read from the notification
+    // instead of asked for.
+    let check =
+        check.and_then(|mut pod| pod.subscribe_links().map(|()| pod).map_err(CniError::from));
     let mut pod = match check {
         Ok(pod) => {
             let _ = checked.send(Ok(()));
@@ -336,9 +340,7 @@ fn pod_thread(
     let Ok(leases) = go.recv() else {
         return Ok(None);
     };
-    let link = pod
-        .link_by_name(ifname)?
-        .ok_or_else(|| CniError::new(Code::Io, "pod interface missing", ifname.to_string()))?;
+    let link = pod.wait_link_named(ifname, OPER_UP_TIMEOUT)?;
     for lease in &leases {
         pod.add_address(
             link.index,

@@ -263,11 +263,41 @@ impl Netlink {
         }
     }
 
+    /// Waits for link `name` to appear in this namespace (from notifications: call
+    /// [`Netlink::subscribe_links`] before whatever creates it, and make no request in
+    /// between, as requests skip notifications).
+    pub fn wait_link_named(&mut self, name: &str, timeout: Duration) -> Result<LinkInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // Perhaps it appeared before the subscription: ask once.
+                return self.link_by_name(name)?.ok_or(Error::Kernel {
+                    op: format!("waiting for link {name}"),
+                    errno: Errno::ETIMEDOUT,
+                });
+            }
+            for msg in self.notifications(left)? {
+                if let RouteNetlinkMessage::NewLink(l) = msg {
+                    let info = LinkInfo::from_message(&l);
+                    if info.name == name {
+                        return Ok(info);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to link notifications (RTNLGRP_LINK).
+    pub fn subscribe_links(&mut self) -> Result<()> {
+        const RTNLGRP_LINK: u32 = 1;
+        self.subscribe(RTNLGRP_LINK)
+    }
+
     /// Waits until link `index` is operationally up, at most `timeout`, from kernel
     /// notifications (no polling sleeps). Returns the link as last seen.
     pub fn wait_oper_up(&mut self, index: u32, timeout: Duration) -> Result<LinkInfo> {
-        const RTNLGRP_LINK: u32 = 1;
-        self.subscribe(RTNLGRP_LINK)?;
+        self.subscribe_links()?;
         let deadline = Instant::now() + timeout;
         let mut link = self.link_by_index(index)?.ok_or(Error::Kernel {
             op: format!("waiting for link {index}"),

@@ -114,6 +114,15 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
+/// Removes a directory when dropped, also on an early error return.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Pods(Vec<String>);
 
 impl Pods {
@@ -198,6 +207,7 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
     sh(&["ip", "link", "set", "lo", "up"])?;
     // Both plugins keep their leases on tmpfs, as podnet does by default (/run).
     let dir = PathBuf::from(format!("/dev/shm/pnb-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
     let podnet = Plugin {
         label: "podnet",
         bin: o.plugin.clone(),
@@ -222,7 +232,6 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
     let [r_sa, r_sd, r_pa, r_pd] = measure(&reference, o)?;
     let [p_sa, p_sd, p_pa, p_pd] = measure(&podnet, o)?;
     let mut floor = kernel_floor(o.pods)?;
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>10}",
         "median ms (p90)", "reference", "podnet", "ratio", ""
