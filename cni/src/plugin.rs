@@ -71,18 +71,6 @@ fn open_netns(path: &Path) -> Result<File, CniError> {
     })
 }
 
-/// The MTU of the interface the default route leaves through (1500 without one).
-fn default_route_mtu(nl: &mut Netlink) -> Result<u32, CniError> {
-    let default = nl
-        .routes(RouteFilter::default())?
-        .into_iter()
-        .find(|r| r.prefix == 0 && r.oif.is_some());
-    match default.and_then(|r| r.oif) {
-        Some(oif) => Ok(nl.link_by_index(oif)?.map_or(1500, |l| l.mtu)),
-        None => Ok(1500),
-    }
-}
-
 /// The bridge, created when missing (concurrent creators all succeed), up, with `mtu`
 /// and each gateway address.
 fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo, CniError> {
@@ -216,7 +204,7 @@ fn host_add(
     let mut host = Netlink::new().map_err(|e| before(e.into()))?;
     let mtu = match conf.mtu {
         Some(m) => m,
-        None => default_route_mtu(&mut host).map_err(before)?,
+        None => host.default_route_mtu().map_err(|e| before(e.into()))?,
     };
     let bridge = ensure_bridge(&mut host, conf, mtu).map_err(before)?;
     ensure_forwarding(conf).map_err(before)?;

@@ -57,11 +57,19 @@ async fn answer(
     health: &Health,
     registry: &Mutex<Registry>,
 ) -> std::io::Result<()> {
-    let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-        .await
-        .unwrap_or(Ok(0))?;
-    let request = String::from_utf8_lossy(&buf[..n]);
+    // Read until the end of the request head (a request may arrive in pieces), at most
+    // 4 KiB and 5 seconds.
+    let mut buf = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 4096 {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    let request = String::from_utf8_lossy(&buf);
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let path = path.split('?').next().unwrap_or("");
     let (status, ctype, body) = match (request.starts_with("GET "), path) {

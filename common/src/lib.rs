@@ -1,9 +1,11 @@
 //! What podnet-operator and podnet-daemon share: the `/healthz`, `/readyz` and
 //! `/metrics` endpoint, logging setup, and signal handling.
 
+mod flags;
 mod http;
 mod logging;
 
+pub use flags::{FlagError, Flags};
 pub use http::{Health, serve_ops};
 pub use logging::{LogFormat, init_logging};
 

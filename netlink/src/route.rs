@@ -199,6 +199,18 @@ impl Netlink {
         }
     }
 
+    /// The MTU of the interface the IPv4 default route leaves through (1500 without one).
+    pub fn default_route_mtu(&mut self) -> Result<u32> {
+        let default = self
+            .routes(RouteFilter::default())?
+            .into_iter()
+            .find(|r| r.prefix == 0 && r.oif.is_some());
+        match default.and_then(|r| r.oif) {
+            Some(oif) => Ok(self.link_by_index(oif)?.map_or(1500, |l| l.mtu)),
+            None => Ok(1500),
+        }
+    }
+
     /// The unicast routes of the main table matching `filter`.
     pub fn routes(&mut self, filter: RouteFilter) -> Result<Vec<Route>> {
         let mut msg = RouteMessage::default();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podnet_common::{Health, LogFormat, init_logging, serve_ops, shutdown_signal};
+use podnet_common::{Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal};
 use podnet_operator::controller::{ControllerConfig, Operator};
 use podnet_operator::leader::{self, Leadership, LeaseConfig};
 use podnet_operator::metrics::Metrics;
@@ -30,77 +30,61 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
-    let mut flags = std::collections::HashMap::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--version" => {
-                println!("podnet-operator {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            f if f.starts_with("--") => {
-                let (k, v) = match f.split_once('=') {
-                    Some((k, v)) => (k.to_string(), v.to_string()),
-                    None => (
-                        f.to_string(),
-                        it.next().with_context(|| format!("{f} needs a value"))?,
-                    ),
-                };
-                flags.insert(k.trim_start_matches("--").to_string(), v);
-            }
-            other => bail!("unexpected argument {other:?}\n{USAGE}"),
-        }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version" || a == "version") {
+        println!("podnet-operator {}", env!("CARGO_PKG_VERSION"));
+        return Ok(None);
     }
-    let get = |flag: &str, env: &str| -> Option<String> {
-        flags.get(flag).cloned().or_else(|| std::env::var(env).ok())
-    };
-    let secs = |flag: &str, env: &str, default: u64| -> anyhow::Result<Duration> {
-        Ok(Duration::from_millis(match get(flag, env) {
-            Some(v) => {
-                (v.parse::<f64>()
-                    .with_context(|| format!("--{flag} {v:?}"))?
-                    * 1000.0) as u64
-            }
-            None => default * 1000,
-        }))
-    };
-    let identity = get("identity", "POD_NAME").unwrap_or_else(|| {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(None);
+    }
+    let flags = Flags::parse(args)?;
+    if let Some(other) = flags.positional.first() {
+        bail!("unexpected argument {other:?}\n{USAGE}");
+    }
+    let identity = flags.get("identity", "POD_NAME").unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let namespace = get("lease-namespace", "POD_NAMESPACE").unwrap_or_else(|| "kube-system".into());
+    let namespace = flags.get_or("lease-namespace", "POD_NAMESPACE", "kube-system");
     let mut lease = LeaseConfig::new(namespace, identity);
-    lease.lease_duration = secs("lease-duration", "PODNET_LEASE_DURATION", 15)?;
-    lease.renew_deadline = secs("renew-deadline", "PODNET_RENEW_DEADLINE", 10)?;
-    lease.retry_period = secs("retry-period", "PODNET_RETRY_PERIOD", 2)?;
+    lease.lease_duration = flags.seconds(
+        "lease-duration",
+        "PODNET_LEASE_DURATION",
+        Duration::from_secs(15),
+    )?;
+    lease.renew_deadline = flags.seconds(
+        "renew-deadline",
+        "PODNET_RENEW_DEADLINE",
+        Duration::from_secs(10),
+    )?;
+    lease.retry_period = flags.seconds(
+        "retry-period",
+        "PODNET_RETRY_PERIOD",
+        Duration::from_secs(2),
+    )?;
     if lease.renew_deadline >= lease.lease_duration {
         bail!("--renew-deadline must be shorter than --lease-duration");
     }
     Ok(Some(Args {
-        ops_addr: get("ops-addr", "PODNET_OPS_ADDR")
-            .unwrap_or_else(|| "0.0.0.0:9090".into())
-            .parse()
-            .context("--ops-addr")?,
+        ops_addr: flags.parse_or(
+            "ops-addr",
+            "PODNET_OPS_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 9090)),
+        )?,
         lease,
-        concurrency: get("concurrency", "PODNET_CONCURRENCY")
-            .map(|v| v.parse())
-            .transpose()
-            .context("--concurrency")?
-            .unwrap_or(32),
-        set_node_pod_cidrs: get("set-node-pod-cidrs", "PODNET_SET_NODE_POD_CIDRS")
-            .map(|v| v.parse::<bool>())
-            .transpose()
-            .context("--set-node-pod-cidrs takes true or false")?
-            .unwrap_or(false),
-        log_format: get("log-format", "PODNET_LOG_FORMAT")
-            .unwrap_or_else(|| "text".into())
+        concurrency: flags.parse_or("concurrency", "PODNET_CONCURRENCY", 32)?,
+        set_node_pod_cidrs: flags.parse_or(
+            "set-node-pod-cidrs",
+            "PODNET_SET_NODE_POD_CIDRS",
+            false,
+        )?,
+        log_format: flags
+            .get_or("log-format", "PODNET_LOG_FORMAT", "text")
             .parse()
             .map_err(anyhow::Error::msg)?,
-        log_level: get("log-level", "PODNET_LOG_LEVEL").unwrap_or_else(|| "info".into()),
+        log_level: flags.get_or("log-level", "PODNET_LOG_LEVEL", "info"),
     }))
 }
 

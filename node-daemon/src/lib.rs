@@ -1,0 +1,12 @@
+//! podnet-daemon: one per node. From NodeRoutes and PodNetworks only (never the Node
+//! list) it converges the node's routes to every peer's pod CIDR, its masquerade rules
+//! and the CNI config for podnet-cni, and reports `Programmed` on its NodeRoute.
+//!
+//! [`desired`] is pure; [`routes`], [`masquerade`] and [`cniconf`] apply it;
+//! [`controller`] runs the loop.
+
+pub mod cniconf;
+pub mod controller;
+pub mod desired;
+pub mod masquerade;
+pub mod routes;

@@ -1,0 +1,426 @@
+//! podnet-daemon against a real kube-apiserver, programming a network namespace the test
+//! creates: peer routes follow NodeRoutes, foreign routes stay, stale podnet routes go,
+//! drift is repaired, masquerade follows PodNetwork edits, the CNI config is written
+//! once and on change, and an API server restart leaves the dataplane alone.
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use podnet_crds::{NodeRoute, PodNetwork, find_condition};
+use podnet_lab::ControlPlane;
+use podnet_lab::testing::{ApiTest, Isolation, require_root, run_api_tests_with};
+use serde_json::json;
+
+fn main() -> ExitCode {
+    run_api_tests_with(
+        Isolation::PerTest,
+        vec![
+            ApiTest::new(
+                "routes_follow_peers_and_only_podnet_routes_change",
+                routes_follow_peers,
+            ),
+            ApiTest::new(
+                "masquerade_follows_podnetwork_edits_and_is_repaired",
+                masquerade,
+            ),
+            ApiTest::new(
+                "api_server_restart_leaves_the_dataplane_alone",
+                apiserver_restart,
+            ),
+        ],
+    )
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("{args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A node namespace with a lab interface; deleted on drop.
+struct NodeNs {
+    name: String,
+    conf_dir: std::path::PathBuf,
+}
+
+impl NodeNs {
+    fn new() -> anyhow::Result<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pnd{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self {
+            conf_dir: std::env::temp_dir().join(format!("{name}-cni")),
+            name,
+        };
+        for cmd in [
+            "link set lo up",
+            "link add lab0 type veth peer name lab1",
+            "link set lab1 up",
+            "link set lab0 up",
+            "addr add 198.18.0.1/24 dev lab0",
+            "-6 addr add 2001:db8:18::1/64 dev lab0 nodad",
+            // Peers in 203.0.113.0/24 are behind a gateway: not on-link.
+            "route add 203.0.113.0/24 via 198.18.0.254 dev lab0",
+            // Someone else's route, and a podnet route left from before a restart.
+            "route add 10.250.0.0/24 via 198.18.0.50 proto static",
+            "route add 10.244.99.0/24 via 198.18.0.99 proto 233",
+        ] {
+            let mut args = vec!["ip", "-n", &ns.name];
+            args.extend(cmd.split(' '));
+            sh(&args)?;
+        }
+        Ok(ns)
+    }
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+    fn routes(&self, v6: bool) -> anyhow::Result<String> {
+        sh(&[
+            "ip",
+            if v6 { "-6" } else { "-4" },
+            "-n",
+            &self.name,
+            "route",
+            "show",
+        ])
+    }
+    fn nat(&self, v6: bool) -> anyhow::Result<String> {
+        sh(&[
+            "nsenter",
+            &format!("--net={}", self.path()),
+            if v6 {
+                "ip6tables-save"
+            } else {
+                "iptables-save"
+            },
+            "-t",
+            "nat",
+        ])
+    }
+}
+
+impl Drop for NodeNs {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(&self.conf_dir);
+    }
+}
+
+/// A podnet-daemon process for node-a, programming `ns`; killed on drop.
+struct DaemonProc(Child);
+
+impl DaemonProc {
+    fn start(cp: &ControlPlane, ns: &NodeNs) -> anyhow::Result<Self> {
+        let log = cp.dir().join(format!("daemon-{}.log", ns.name));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_podnet-daemon"))
+            .args([
+                "run",
+                "--node-name",
+                "node-a",
+                "--netns",
+                &ns.path(),
+                "--resync",
+                "1",
+                "--ops-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--cni-conf-dir")
+            .arg(&ns.conf_dir)
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = probe();
+        if let Ok(true) = last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put_network(
+    client: &Client,
+    mtu: u32,
+    nonmasq: &[&str],
+    masq: bool,
+) -> anyhow::Result<()> {
+    let pn = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "PodNetwork", "metadata": {"name": "default"},
+        "spec": {"cidrs": ["10.244.0.0/16", "fd00:10:244::/56"], "mtu": mtu,
+                 "masquerade": {"enabled": masq, "nonMasqueradeCIDRs": nonmasq}}});
+    Api::<PodNetwork>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(pn),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn put_node(client: &Client, name: &str, ips: &[&str], cidrs: &[&str]) -> anyhow::Result<()> {
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    let nr = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": name},
+        "spec": {"nodeName": name, "podNetwork": "default"}});
+    api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(nr))
+        .await?;
+    let st = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": name},
+        "status": {"nodeIPs": ips, "podCIDRs": cidrs}});
+    api.patch_status(
+        name,
+        &PatchParams::apply("test-operator").force(),
+        &Patch::Apply(st),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn base(client: &Client) -> anyhow::Result<()> {
+    put_network(client, 1450, &[], true).await?;
+    put_node(
+        client,
+        "node-a",
+        &["198.18.0.1", "2001:db8:18::1"],
+        &["10.244.1.0/24", "fd00:10:244:1::/64"],
+    )
+    .await?;
+    put_node(
+        client,
+        "node-b",
+        &["198.18.0.2", "2001:db8:18::2"],
+        &["10.244.2.0/24", "fd00:10:244:2::/64"],
+    )
+    .await?;
+    put_node(client, "node-far", &["203.0.113.9"], &["10.244.9.0/24"]).await?;
+    Ok(())
+}
+
+async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    let _d = DaemonProc::start(&cp, &ns)?;
+    wait_for("peer routes", Duration::from_secs(20), || {
+        let (v4, v6) = (ns.routes(false)?, ns.routes(true)?);
+        Ok(
+            v4.contains("10.244.2.0/24 via 198.18.0.2 dev lab0 proto 233")
+                && v6.contains("fd00:10:244:2::/64 via 2001:db8:18::2 dev lab0 proto 233"),
+        )
+    })
+    .await?;
+    let v4 = ns.routes(false)?;
+    ensure!(
+        !v4.contains("10.244.99.0/24"),
+        "the stale podnet route survived:\n{v4}"
+    );
+    ensure!(
+        v4.contains("10.250.0.0/24 via 198.18.0.50 dev lab0 proto static"),
+        "a foreign route was touched:\n{v4}"
+    );
+    ensure!(
+        !v4.contains("10.244.9.0"),
+        "an off-link peer got a route:\n{v4}"
+    );
+    ensure!(
+        !v4.contains("10.244.1.0"),
+        "a route to the node's own CIDR:\n{v4}"
+    );
+    // Programmed, with counts and the skipped peer.
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let msg = loop {
+        let nr = api.get("node-a").await?;
+        let conds = nr.status.unwrap_or_default().conditions;
+        if let Some(c) = find_condition(&conds, "Programmed").filter(|c| c.reason == "PeersSkipped")
+        {
+            break c.message.clone();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no Programmed condition: {conds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(
+        msg.contains("2 routes programmed, 1 peers skipped")
+            && msg.contains("node-far")
+            && msg.contains("not on-link"),
+        "{msg}"
+    );
+    // The CNI config: own CIDRs and the network's MTU; written once.
+    let conf_path = ns.conf_dir.join("10-podnet.conflist");
+    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conf_path)?)?;
+    ensure!(
+        conf["plugins"][0]["podCIDRs"] == json!(["10.244.1.0/24", "fd00:10:244:1::/64"]),
+        "{conf}"
+    );
+    ensure!(
+        conf["plugins"][0]["mtu"] == 1450 && conf["plugins"][0]["type"] == "podnet-cni",
+        "{conf}"
+    );
+    let written = std::fs::metadata(&conf_path)?.modified()?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ensure!(
+        std::fs::metadata(&conf_path)?.modified()? == written,
+        "the conflist was rewritten without a change"
+    );
+    put_network(&client, 1400, &[], true).await?;
+    wait_for(
+        "the conflist with the new MTU",
+        Duration::from_secs(10),
+        || Ok(std::fs::read_to_string(&conf_path)?.contains("\"mtu\": 1400")),
+    )
+    .await?;
+    // Peers come and go.
+    put_node(&client, "node-c", &["198.18.0.3"], &["10.244.3.0/24"]).await?;
+    api.delete("node-b", &DeleteParams::default()).await?;
+    wait_for(
+        "routes of node-c, none of node-b",
+        Duration::from_secs(10),
+        || {
+            let v4 = ns.routes(false)?;
+            Ok(v4.contains("10.244.3.0/24 via 198.18.0.3")
+                && !v4.contains("10.244.2.0/24")
+                && !ns.routes(true)?.contains("fd00:10:244:2::"))
+        },
+    )
+    .await?;
+    // Drift: a route deleted by hand is back within a period.
+    sh(&["ip", "-n", &ns.name, "route", "del", "10.244.3.0/24"])?;
+    wait_for("the deleted route repaired", Duration::from_secs(5), || {
+        Ok(ns.routes(false)?.contains("10.244.3.0/24 via 198.18.0.3"))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn masquerade(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    let _d = DaemonProc::start(&cp, &ns)?;
+    let v4_rules = [
+        "-A POSTROUTING -m comment --comment \"podnet masquerade\" -j PODNET-MASQ",
+        "-A PODNET-MASQ -s 10.244.1.0/24 -d 10.244.0.0/16 -j RETURN",
+        "-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE",
+    ];
+    wait_for("IPv4 masquerade rules", Duration::from_secs(20), || {
+        let nat = ns.nat(false)?;
+        Ok(v4_rules.iter().all(|r| nat.contains(r)))
+    })
+    .await?;
+    let nat6 = ns.nat(true)?;
+    ensure!(
+        nat6.contains("-A PODNET-MASQ -s fd00:10:244:1::/64 -d fd00:10:244::/56 -j RETURN")
+            && nat6.contains("-A PODNET-MASQ -s fd00:10:244:1::/64 -j MASQUERADE"),
+        "{nat6}"
+    );
+    ensure!(
+        ns.nat(false)?.matches("-j PODNET-MASQ").count() == 1,
+        "hooked more than once"
+    );
+    // An edit: the lab range keeps the pod address.
+    put_network(&client, 1450, &["198.18.0.0/15"], true).await?;
+    wait_for(
+        "the nonMasqueradeCIDRs rule",
+        Duration::from_secs(10),
+        || {
+            let nat = ns.nat(false)?;
+            Ok(nat.contains("-A PODNET-MASQ -s 10.244.1.0/24 -d 198.18.0.0/15 -j RETURN"))
+        },
+    )
+    .await?;
+    // Flushed by hand: repaired within a period.
+    sh(&[
+        "nsenter",
+        &format!("--net={}", ns.path()),
+        "iptables",
+        "-t",
+        "nat",
+        "-F",
+        "PODNET-MASQ",
+    ])?;
+    wait_for("the flushed chain repaired", Duration::from_secs(5), || {
+        Ok(ns
+            .nat(false)?
+            .contains("-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE"))
+    })
+    .await?;
+    // Disabled: chain and hook gone, in both families.
+    put_network(&client, 1450, &[], false).await?;
+    wait_for("masquerade removed", Duration::from_secs(10), || {
+        Ok(!ns.nat(false)?.contains("PODNET-MASQ") && !ns.nat(true)?.contains("PODNET-MASQ"))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn apiserver_restart(mut cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    let _d = DaemonProc::start(&cp, &ns)?;
+    wait_for("peer routes", Duration::from_secs(20), || {
+        Ok(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"))
+    })
+    .await?;
+    let cp_mut = Arc::get_mut(&mut cp).context("the control plane is shared")?;
+    cp_mut.restart_apiserver().await?;
+    // Through the restart and after it, the routes stayed.
+    ensure!(
+        ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"),
+        "routes were flushed while the API server was away"
+    );
+    let client = cp.client().await?;
+    put_node(&client, "node-c", &["198.18.0.3"], &["10.244.3.0/24"]).await?;
+    wait_for(
+        "a route added after the restart",
+        Duration::from_secs(30),
+        || Ok(ns.routes(false)?.contains("10.244.3.0/24 via 198.18.0.3")),
+    )
+    .await?;
+    ensure!(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"));
+    Ok(())
+}
