@@ -188,6 +188,18 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Adds or replaces many routes in batched requests.
+    pub fn replace_routes(&mut self, routes: &[Route]) -> Result<()> {
+        let msgs = routes
+            .iter()
+            .map(|r| RouteNetlinkMessage::NewRoute(r.message()))
+            .collect();
+        self.request_many(msgs, NLM_F_CREATE | NLM_F_REPLACE, |i| {
+            let r = &routes[i];
+            format!("replacing route {}/{} via {:?}", r.dst, r.prefix, r.gateway)
+        })
+    }
+
     /// Deletes a route; Ok(false) when it was not there.
     pub fn del_route(&mut self, route: &Route) -> Result<bool> {
         match self.request(RouteNetlinkMessage::DelRoute(route.message()), 0, || {

@@ -190,6 +190,7 @@ impl Daemon {
             _ = async { let _ = self.noderoutes.wait_until_ready().await; let _ = self.networks.wait_until_ready().await; } => {}
             _ = shutdown.changed() => return,
         }
+        debug!(noderoutes = self.noderoutes.state().len(), "caches synced");
         let mut netlink = None;
         let mut last_status: Option<(String, String, String)> = None;
         let mut first = true;

@@ -12,8 +12,8 @@ use crate::desired::{PeerRoute, ROUTE_PROTOCOL, Skipped};
 pub trait RouteTable {
     /// Every unicast route of the main table of one family.
     fn routes(&mut self, ipv6: bool) -> Result<Vec<Route>, podnet_netlink::Error>;
-    /// Adds or replaces a route.
-    fn replace(&mut self, route: &Route) -> Result<(), podnet_netlink::Error>;
+    /// Adds or replaces routes.
+    fn replace(&mut self, routes: &[Route]) -> Result<(), podnet_netlink::Error>;
     /// Deletes a route.
     fn delete(&mut self, route: &Route) -> Result<(), podnet_netlink::Error>;
 }
@@ -28,8 +28,8 @@ impl RouteTable for Netlink {
             },
         )
     }
-    fn replace(&mut self, route: &Route) -> Result<(), podnet_netlink::Error> {
-        self.replace_route(route)
+    fn replace(&mut self, routes: &[Route]) -> Result<(), podnet_netlink::Error> {
+        self.replace_routes(routes)
     }
     fn delete(&mut self, route: &Route) -> Result<(), podnet_netlink::Error> {
         self.del_route(route).map(drop)
@@ -49,13 +49,13 @@ pub struct RouteReport {
     pub skipped: Vec<Skipped>,
 }
 
-/// The most specific route covering `ip`, among routes not installed by podnet.
-fn lookup(table: &[Route], ip: IpAddr) -> Option<&Route> {
-    table
+/// The most specific of `foreign` (the routes podnet did not install) covering `ip`.
+fn lookup<'a>(foreign: &[&'a Route], ip: IpAddr) -> Option<&'a Route> {
+    foreign
         .iter()
-        .filter(|r| r.protocol != ROUTE_PROTOCOL)
         .filter(|r| IpNet::new(r.dst, r.prefix).is_ok_and(|n| n.trunc().contains(&ip)))
         .max_by_key(|r| r.prefix)
+        .copied()
 }
 
 /// Makes podnet's routes equal `desired`: each peer CIDR via its node address when that
@@ -69,13 +69,11 @@ pub fn reconcile_routes(
     let mut report = RouteReport::default();
     for ipv6 in [false, true] {
         let all = table.routes(ipv6)?;
-        let ours: Vec<&Route> = all
-            .iter()
-            .filter(|r| r.protocol == ROUTE_PROTOCOL)
-            .collect();
+        let (ours, foreign): (Vec<&Route>, Vec<&Route>) =
+            all.iter().partition(|r| r.protocol == ROUTE_PROTOCOL);
         let mut wanted: Vec<Route> = Vec::new();
         for peer in desired.iter().filter(|p| p.dst.addr().is_ipv6() == ipv6) {
-            match lookup(&all, peer.via) {
+            match lookup(&foreign, peer.via) {
                 Some(r) if r.gateway.is_none() => wanted.push(Route {
                     dst: peer.dst.network(),
                     prefix: peer.dst.prefix_len(),
@@ -97,24 +95,27 @@ pub fn reconcile_routes(
                 }),
             }
         }
-        for want in &wanted {
-            let present = ours.iter().any(|r| {
-                r.dst == want.dst
-                    && r.prefix == want.prefix
-                    && r.gateway == want.gateway
-                    && r.oif == want.oif
-            });
-            if !present {
-                table.replace(want)?;
-                report.written += 1;
-            }
-            report.programmed += 1;
+        // Keyed by destination: one pass each way, no quadratic scans at thousands of peers.
+        let have: std::collections::HashMap<(IpAddr, u8), &Route> =
+            ours.iter().map(|r| ((r.dst, r.prefix), *r)).collect();
+        let want_keys: std::collections::HashSet<(IpAddr, u8)> =
+            wanted.iter().map(|w| (w.dst, w.prefix)).collect();
+        let missing: Vec<Route> = wanted
+            .iter()
+            .filter(|want| {
+                !have
+                    .get(&(want.dst, want.prefix))
+                    .is_some_and(|r| r.gateway == want.gateway && r.oif == want.oif)
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            table.replace(&missing)?;
+            report.written += missing.len();
         }
+        report.programmed += wanted.len();
         for have in ours {
-            if !wanted
-                .iter()
-                .any(|w| w.dst == have.dst && w.prefix == have.prefix)
-            {
+            if !want_keys.contains(&(have.dst, have.prefix)) {
                 table.delete(have)?;
                 report.removed += 1;
             }
@@ -142,12 +143,14 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        fn replace(&mut self, route: &Route) -> Result<(), podnet_netlink::Error> {
-            self.routes
-                .retain(|r| !(r.dst == route.dst && r.prefix == route.prefix));
-            self.routes.push(route.clone());
-            self.writes
-                .push(format!("replace {}/{}", route.dst, route.prefix));
+        fn replace(&mut self, routes: &[Route]) -> Result<(), podnet_netlink::Error> {
+            for route in routes {
+                self.routes
+                    .retain(|r| !(r.dst == route.dst && r.prefix == route.prefix));
+                self.routes.push(route.clone());
+                self.writes
+                    .push(format!("replace {}/{}", route.dst, route.prefix));
+            }
             Ok(())
         }
         fn delete(&mut self, route: &Route) -> Result<(), podnet_netlink::Error> {

@@ -1,0 +1,243 @@
+//! Benchmark: podnet-daemon programming the routes of N peers (NodeRoutes on the real
+//! API server) into a fresh network namespace, against the floor — `ip -batch` adding
+//! the same N routes into an identical namespace. Also: the daemon's peak RSS, and the
+//! CPU time of a periodic check that finds nothing to change.
+//!
+//! ```text
+//! cargo build --release -p podnet-daemon -p podnet-lab
+//! target/release/bench-daemon [--peers 5000] [--runs 3] [--daemon target/release/podnet-daemon]
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::api::{Api, Patch, PatchParams};
+use podnet_crds::{NodeRoute, PodNetwork};
+use podnet_lab::testing::start_with_crds;
+use podnet_netlink::{Netlink, RouteFilter};
+use serde_json::json;
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn peer(i: usize) -> (String, String) {
+    // Peers on the lab /16, pod CIDRs /24 out of 10.0.0.0/8.
+    (
+        format!("198.18.{}.{}", 1 + i / 250, 1 + i % 250),
+        format!("10.{}.{}.0/24", i / 256, i % 256),
+    )
+}
+
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> anyhow::Result<Self> {
+        let name = format!("pnbd-{tag}-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name])?;
+        for cmd in [
+            "link set lo up",
+            "link add lab0 type veth peer name lab1",
+            "link set lab1 up",
+            "link set lab0 up",
+            "addr add 198.18.0.1/15 dev lab0",
+        ] {
+            let mut a = vec!["ip", "-n", &name];
+            a.extend(cmd.split(' '));
+            sh(&a)?;
+        }
+        Ok(Self(name))
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.0))
+    }
+    fn count(&self) -> anyhow::Result<usize> {
+        let mut nl = Netlink::in_netns(&self.path())?;
+        Ok(nl
+            .routes(RouteFilter {
+                ipv6: false,
+                protocol: Some(233),
+            })?
+            .len())
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        // Flush synchronously: a namespace deleted with thousands of routes is cleaned
+        // up by a kernel worker holding the RTNL lock, which would slow the next run.
+        let _ = sh(&["ip", "-n", &self.0, "route", "flush", "proto", "233"]);
+        let _ = sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+fn proc_stat(pid: u32) -> (u64, u64) {
+    // (utime+stime+cutime+cstime in ticks, VmHWM in KiB)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // after ')' fields start at 3 (state is not numeric): utime is field 14 → index 10 here.
+    let cpu = f.get(10..14).map(|v| v.iter().sum()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, hwm)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut peers = 5000usize;
+    let mut runs = 3usize;
+    let mut daemon = PathBuf::from("target/release/podnet-daemon");
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next().context("flag needs a value")?;
+        match a.as_str() {
+            "--peers" => peers = v.parse()?,
+            "--runs" => runs = v.parse()?,
+            "--daemon" => daemon = v.into(),
+            _ => bail!("unknown flag {a}"),
+        }
+    }
+    ensure!(
+        daemon.is_file(),
+        "{} missing: cargo build --release -p podnet-daemon",
+        daemon.display()
+    );
+    let cp = start_with_crds().await?;
+    let client = cp.client().await?;
+    let pn = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"default"},"spec":{"cidrs":["10.0.0.0/8"],"masquerade":{"enabled":true}}});
+    Api::<PodNetwork>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(pn),
+        )
+        .await?;
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    let mut all: Vec<usize> = (0..peers).collect();
+    all.push(usize::MAX); // the daemon's own node
+    stream::iter(all)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let (name, ip, cidr) = if i == usize::MAX {
+                    ("self".to_string(), "198.18.0.1".to_string(), "10.255.255.0/24".to_string())
+                } else {
+                    let (ip, cidr) = peer(i);
+                    (format!("peer-{i}"), ip, cidr)
+                };
+                let nr = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute","metadata":{"name":name},"spec":{"nodeName":name,"podNetwork":"default"}});
+                api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(nr)).await?;
+                let st = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute","metadata":{"name":name},"status":{"nodeIPs":[ip],"podCIDRs":[cidr]}});
+                api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(st)).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let batch = std::env::temp_dir().join(format!("pnbd-{}.batch", std::process::id()));
+    let text: String = (0..peers)
+        .map(|i| {
+            let (ip, cidr) = peer(i);
+            format!("route add {cidr} via {ip} proto 233\n")
+        })
+        .collect();
+    std::fs::write(&batch, text)?;
+    let (mut floors, mut daemons) = (Vec::new(), Vec::new());
+    let (mut hwm_max, mut check_ms) = (0u64, Vec::new());
+    for run in 1..=runs {
+        let ns = Ns::new("floor")?;
+        let start = Instant::now();
+        sh(&["ip", "-n", &ns.0, "-batch", &batch.display().to_string()])?;
+        let floor = start.elapsed();
+        ensure!(ns.count()? == peers);
+        drop(ns);
+        let ns = Ns::new("daemon")?;
+        let conf_dir = std::env::temp_dir().join(format!("pnbd-cni-{}", std::process::id()));
+        let start = Instant::now();
+        let mut child = Command::new(&daemon)
+            .args([
+                "run",
+                "--node-name",
+                "self",
+                "--resync",
+                "1",
+                "--ops-addr",
+                "127.0.0.1:0",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .arg("--netns")
+            .arg(ns.path())
+            .arg("--cni-conf-dir")
+            .arg(&conf_dir)
+            .env("KUBECONFIG", cp.kubeconfig())
+            .stdin(Stdio::null())
+            .spawn()?;
+        loop {
+            if ns.count()? >= peers {
+                break;
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(120),
+                "the daemon did not converge in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = start.elapsed();
+        // Idle checks: CPU over 5 periods of 1 s with nothing to change.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (c0, _) = proc_stat(child.id());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (c1, hwm) = proc_stat(child.id());
+        let tick_ms = 1000.0 / 100.0; // USER_HZ
+        let per_check = (c1 - c0) as f64 * tick_ms / 5.0;
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&conf_dir);
+        println!(
+            "run {run}: ip -batch {:.3} s, daemon {:.3} s ({:.2}x), idle check {per_check:.1} ms CPU, peak RSS {:.1} MiB",
+            floor.as_secs_f64(),
+            took.as_secs_f64(),
+            took.as_secs_f64() / floor.as_secs_f64(),
+            hwm as f64 / 1024.0
+        );
+        floors.push(floor.as_secs_f64());
+        daemons.push(took.as_secs_f64());
+        check_ms.push(per_check);
+        hwm_max = hwm_max.max(hwm);
+    }
+    let _ = std::fs::remove_file(&batch);
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (f, d) = (med(floors), med(daemons));
+    println!(
+        "peers {peers}: median ip -batch {f:.3} s, median daemon {d:.3} s, ratio {:.2}x, idle check median {:.1} ms CPU, peak RSS max {:.1} MiB",
+        d / f,
+        med(check_ms),
+        hwm_max as f64 / 1024.0
+    );
+    Ok(())
+}
