@@ -127,6 +127,10 @@ struct DaemonProc(Child);
 
 impl DaemonProc {
     fn start(cp: &ControlPlane, ns: &NodeNs) -> anyhow::Result<Self> {
+        Self::start_on(cp, ns, "127.0.0.1:0")
+    }
+
+    fn start_on(cp: &ControlPlane, ns: &NodeNs, ops: &str) -> anyhow::Result<Self> {
         let log = cp.dir().join(format!("daemon-{}.log", ns.name));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_podnet-daemon"))
@@ -139,7 +143,7 @@ impl DaemonProc {
                 "--resync",
                 "1",
                 "--ops-addr",
-                "127.0.0.1:0",
+                ops,
             ])
             .arg("--cni-conf-dir")
             .arg(&ns.conf_dir)
@@ -239,7 +243,10 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let client = cp.client().await?;
     let ns = NodeNs::new()?;
     base(&client).await?;
-    let _d = DaemonProc::start(&cp, &ns)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut d = DaemonProc::start_on(&cp, &ns, &format!("127.0.0.1:{port}"))?;
     wait_for("peer routes", Duration::from_secs(20), || {
         let (v4, v6) = (ns.routes(false)?, ns.routes(true)?);
         Ok(
@@ -331,7 +338,89 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         Ok(ns.routes(false)?.contains("10.244.3.0/24 via 198.18.0.3"))
     })
     .await?;
+    // Operations endpoints.
+    ensure!(http_get(port, "/readyz")?.starts_with("HTTP/1.1 200"));
+    let metrics = http_get(port, "/metrics")?;
+    for want in [
+        "podnet_daemon_routes_desired 2",
+        "podnet_daemon_routes_programmed 1",
+        "podnet_daemon_peers_skipped 1",
+        "podnet_daemon_drift_repairs_total",
+    ] {
+        ensure!(
+            metrics.contains(want),
+            "/metrics lacks {want:?}:\n{metrics}"
+        );
+    }
+    // SIGTERM: the daemon exits and leaves routes, rules and config for the pods.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = d.0.wait()?;
+    ensure!(status.success(), "exit after SIGTERM: {status}");
+    ensure!(
+        ns.routes(false)?.contains("10.244.3.0/24 via 198.18.0.3")
+            && conf_path.exists()
+            && ns.nat(false)?.contains("PODNET-MASQ"),
+        "SIGTERM tore down the dataplane"
+    );
+    // cleanup removes everything podnet installed, and only that.
+    let out = Command::new(env!("CARGO_BIN_EXE_podnet-daemon"))
+        .args(["cleanup", "--netns", &ns.path()])
+        .arg("--cni-conf-dir")
+        .arg(&ns.conf_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v4 = ns.routes(false)?;
+    ensure!(
+        !v4.contains("proto 233") && v4.contains("10.250.0.0/24 via 198.18.0.50"),
+        "{v4}"
+    );
+    ensure!(
+        !conf_path.exists()
+            && !ns.nat(false)?.contains("PODNET-MASQ")
+            && !ns.nat(true)?.contains("PODNET-MASQ"),
+        "cleanup left podnet state behind"
+    );
+    // install-cni: an atomic, executable copy into the CNI bin dir.
+    let bin_dir = ns.conf_dir.join("bin");
+    let src = env!("CARGO_BIN_EXE_podnet-daemon");
+    let out = Command::new(src)
+        .args(["install-cni", "--cni-src", src])
+        .arg("--cni-bin-dir")
+        .arg(&bin_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "install-cni: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = std::fs::metadata(bin_dir.join("podnet-cni"))?;
+    use std::os::unix::fs::PermissionsExt;
+    ensure!(
+        installed.len() == std::fs::metadata(src)?.len()
+            && installed.permissions().mode() & 0o111 != 0
+    );
+    ensure!(
+        std::fs::read_dir(&bin_dir)?.count() == 1,
+        "temporary files left in the bin dir"
+    );
     Ok(())
+}
+
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 async fn masquerade(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
