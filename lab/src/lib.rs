@@ -15,3 +15,19 @@ mod tools;
 pub use controlplane::{ControlPlane, ControlPlaneOptions, DetachedControlPlane};
 pub use error::LabError;
 pub use tools::Tools;
+
+/// Runs a command (no shell) and returns its stdout; fails with its stderr.
+pub fn run_ok(args: &[&str]) -> Result<String, LabError> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(LabError::io("running", args[0]))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}

@@ -188,3 +188,14 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
         )
     }
 }
+
+/// A plain HTTP GET to 127.0.0.1:`port` (the programs' ops endpoints); the whole response.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}

@@ -107,21 +107,13 @@ impl Netlink {
         Self::in_netns_file(&file, path)
     }
 
-    /// Like [`Self::in_netns`] with the namespace already open.
+    /// Like [`Self::in_netns`] with the namespace already open. The socket is made on a
+    /// thread of our own that enters the namespace and ends right after.
     pub fn in_netns_file(file: &File, path: &Path) -> Result<Self> {
         std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                    Error::Netns {
-                        path: path.display().to_string(),
-                        errno,
-                    }
-                })?;
-                // The socket keeps the namespace it was made in; this thread ends here.
-                Self::new()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(Error::Decode("namespace thread panicked".into())))
+            s.spawn(|| Self::enter_netns_on_this_thread(file, path))
+                .join()
+                .unwrap_or_else(|_| Err(Error::Decode("namespace thread panicked".into())))
         })
     }
 

@@ -6,12 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
-use podnet_common::Health;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use podnet_common::{Health, spawn_reflector, strip_managed_fields};
 use podnet_crds::{ConditionStatus, NodeRoute, PodNetwork, find_condition, make_condition};
 use podnet_netlink::Netlink;
 use prometheus_client::metrics::counter::Counter;
@@ -127,36 +125,6 @@ pub struct Daemon {
     metrics: DaemonMetrics,
 }
 
-fn watch_into<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(events);
-        while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                // The store keeps what it had: the dataplane is never flushed for an
-                // unreachable API server.
-                debug!(error = %e, "watch error (retrying with backoff)");
-            }
-            notify.notify_one();
-        }
-    });
-    store
-}
-
 impl Daemon {
     /// Starts the watches.
     pub fn new(
@@ -167,8 +135,16 @@ impl Daemon {
     ) -> Self {
         let notify = Arc::new(Notify::new());
         Self {
-            noderoutes: watch_into(Api::all(client.clone()), Arc::clone(&notify)),
-            networks: watch_into(Api::all(client.clone()), Arc::clone(&notify)),
+            noderoutes: spawn_reflector(
+                Api::all(client.clone()),
+                Arc::clone(&notify),
+                strip_managed_fields,
+            ),
+            networks: spawn_reflector(
+                Api::all(client.clone()),
+                Arc::clone(&notify),
+                strip_managed_fields,
+            ),
             client,
             config,
             notify,

@@ -13,7 +13,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use podnet_crds::{NodeRoute, PodNetwork, find_condition};
 use podnet_lab::ControlPlane;
-use podnet_lab::testing::{ApiTest, Isolation, require_root, run_api_tests_with};
+use podnet_lab::testing::{ApiTest, Isolation, http_get, require_root, run_api_tests_with};
 use serde_json::json;
 
 fn main() -> ExitCode {
@@ -411,16 +411,6 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         "temporary files left in the bin dir"
     );
     Ok(())
-}
-
-fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 async fn masquerade(cp: Arc<ControlPlane>) -> anyhow::Result<()> {

@@ -24,10 +24,9 @@ use kube::api::{
     Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use podnet_common::Health;
+use podnet_common::{Health, spawn_reflector};
 use podnet_crds::{
     ConditionStatus, NodeRoute, NodeRouteSpec, NodeRouteStatus, PodNetwork, PodNetworkStatus,
     PoolUsage, condition_is, find_condition, make_condition, same_conditions,
@@ -121,34 +120,6 @@ fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().annotations = None;
 }
 
-fn spawn_watch<K>(api: Api<K>, notify: Arc<Notify>, modify: fn(&mut K)) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(modify)
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(events);
-        while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                debug!(error = %e, "watch error (retrying)");
-            }
-            notify.notify_one();
-        }
-    });
-    store
-}
-
 impl Operator {
     /// Starts the watches; the loop itself runs in [`Operator::run`].
     pub fn new(
@@ -160,17 +131,17 @@ impl Operator {
         config: ControllerConfig,
     ) -> Self {
         let notify = Arc::new(Notify::new());
-        let nodes = spawn_watch(
+        let nodes = spawn_reflector(
             Api::<Node>::all(client.clone()),
             Arc::clone(&notify),
             strip_node,
         );
-        let noderoutes = spawn_watch(
+        let noderoutes = spawn_reflector(
             Api::<NodeRoute>::all(client.clone()),
             Arc::clone(&notify),
             strip_meta,
         );
-        let networks = spawn_watch(
+        let networks = spawn_reflector(
             Api::<PodNetwork>::all(client.clone()),
             Arc::clone(&notify),
             strip_meta,

@@ -19,7 +19,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podnet_crds::{ConditionStatus, NodeRoute, PodNetwork, condition_is, find_condition};
 use podnet_lab::ControlPlane;
-use podnet_lab::testing::{ApiTest, Isolation, run_api_tests_with};
+use podnet_lab::testing::{ApiTest, Isolation, http_get, run_api_tests_with};
 use serde_json::json;
 
 fn main() -> ExitCode {
@@ -359,16 +359,6 @@ async fn allocates_many(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     }
     ensure!(http_get(port, "/nope")?.starts_with("HTTP/1.1 404"));
     op.assert_running()
-}
-
-fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 async fn selectors(cp: Arc<ControlPlane>) -> anyhow::Result<()> {

@@ -62,13 +62,7 @@ fn opts() -> anyhow::Result<Opts> {
 }
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    podnet_lab::run_ok(args).map(drop).map_err(Into::into)
 }
 
 #[derive(Clone)]

@@ -21,13 +21,7 @@ use podnet_netlink::{Netlink, RouteFilter};
 use serde_json::json;
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    podnet_lab::run_ok(args).map(drop).map_err(Into::into)
 }
 
 fn peer(i: usize) -> (String, String) {
