@@ -6,7 +6,8 @@
 //! integration test that needs an API server goes through.
 
 mod certs;
-mod controlplane;
+pub mod cluster;
+pub(crate) mod controlplane;
 mod error;
 mod runtime_dir;
 pub mod testing;

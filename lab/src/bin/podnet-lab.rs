@@ -1,66 +1,43 @@
-//! `podnet-lab`: bring up, inspect and tear down a local podnet lab.
+//! `podnet-lab`: bring up, inspect and tear down a local multi-node podnet.
 //!
 //! ```text
-//! podnet-lab up       start etcd + kube-apiserver with podnet's CRDs; prints how to use kubectl
-//! podnet-lab status   show whether the lab runs, and `kubectl get pn,nr`
-//! podnet-lab down     stop every process the lab started and remove its files
+//! podnet-lab up [--nodes 3]  control plane + podnet-operator + one podnet-daemon per node
+//!                            + two pods per node; prints `kubectl get pn,nr` and the
+//!                            connectivity matrix, then leaves the lab running
+//! podnet-lab status          the same report again
+//! podnet-lab down            stop every process, remove every namespace and file
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podnet_lab::{ControlPlane, ControlPlaneOptions, DetachedControlPlane, Tools};
+use podnet_lab::Tools;
+use podnet_lab::cluster::{self, DEFAULT_STATE_DIR, LabState};
 
-fn state_file() -> PathBuf {
+fn state_dir() -> PathBuf {
     std::env::var_os("PODNET_LAB_STATE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/podnet-lab/state.json"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
-fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    eprint!("==> {name} ... ");
-    let start = Instant::now();
-    let out = f().with_context(|| format!("step '{name}' failed"));
-    match &out {
-        Ok(_) => eprintln!("done ({:.1}s)", start.elapsed().as_secs_f64()),
-        Err(_) => eprintln!("FAILED ({:.1}s)", start.elapsed().as_secs_f64()),
-    }
-    out
-}
-
-fn up(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let state = state_file();
-    if let Ok(existing) = DetachedControlPlane::load(&state) {
-        if existing.is_running() {
-            bail!(
-                "a lab is already running (state {}); `podnet-lab down` first",
-                state.display()
-            );
-        }
-        existing.stop();
-    }
-    let cp = step("starting etcd and kube-apiserver", || {
-        rt.block_on(ControlPlane::start(ControlPlaneOptions {
-            detachable: true,
-            ..Default::default()
-        }))
-        .map_err(Into::into)
-    })?;
-    step("installing podnet CRDs", || {
-        podnet_lab::testing::install_crds(&cp).map_err(Into::into)
-    })?;
-    let kubeconfig = cp.kubeconfig().to_path_buf();
-    let detached = cp.detach();
-    if let Some(dir) = state.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    detached.save(&state)?;
+fn report(state: &LabState) -> anyhow::Result<bool> {
     let tools = Tools::locate()?;
-    println!("podnet lab control plane is up at {}", detached.server);
+    let out = std::process::Command::new(&tools.kubectl)
+        .arg("--kubeconfig")
+        .arg(&state.control_plane.kubeconfig)
+        .args(["get", "pn,nr", "-o", "wide"])
+        .output()?;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let (matrix, ok, total) = cluster::matrix(state);
+    println!("{matrix}");
+    println!("{ok}/{total} paths reachable");
     println!();
-    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "  export KUBECONFIG={}",
+        state.control_plane.kubeconfig.display()
+    );
     println!(
         "  export PATH={}:$PATH",
         tools
@@ -69,83 +46,83 @@ fn up(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
-    println!("  kubectl get crd");
-    println!("  kubectl apply -f examples/podnetwork-dualstack.yaml && kubectl get pn,nr");
-    println!();
-    println!("Stop it with: podnet-lab down");
-    Ok(())
+    println!("  kubectl get pn,nr -o wide");
+    println!(
+        "  ip netns exec {} ping {}",
+        state.pods[0].netns,
+        state
+            .pods
+            .last()
+            .map(|p| p.ips[0].clone())
+            .unwrap_or_default()
+    );
+    Ok(ok == total)
 }
 
-fn status() -> anyhow::Result<()> {
-    let state = state_file();
-    let lab = DetachedControlPlane::load(&state)
-        .context("no lab is running (podnet-lab up starts one)")?;
-    if !lab.is_running() {
+async fn up(nodes: usize) -> anyhow::Result<bool> {
+    let dir = state_dir();
+    if dir.join("state.json").exists() {
         bail!(
-            "the lab recorded in {} is not running; `podnet-lab down` cleans it up",
-            state.display()
+            "a lab is already running (state in {}); `podnet-lab down` first",
+            dir.display()
         );
     }
-    println!(
-        "control plane: {} (kubeconfig {})",
-        lab.server,
-        lab.kubeconfig.display()
-    );
-    let tools = Tools::locate()?;
-    let out = std::process::Command::new(&tools.kubectl)
-        .arg("--kubeconfig")
-        .arg(&lab.kubeconfig)
-        .args(["get", "pn,nr", "-o", "wide"])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-fn down() -> anyhow::Result<()> {
-    let state = state_file();
-    match DetachedControlPlane::load(&state) {
-        Ok(lab) => {
-            step("stopping the control plane", || {
-                lab.stop();
-                Ok(())
-            })?;
-            std::fs::remove_file(&state)
-                .with_context(|| format!("removing {}", state.display()))?;
-            println!("lab removed");
-        }
-        Err(_) => println!("no lab is running"),
-    }
-    Ok(())
-}
-
-fn main() -> ExitCode {
-    let cmd = std::env::args().nth(1).unwrap_or_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .context("binary directory")?;
+    let mut progress =
+        |what: &str, took: Duration| eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
+    let state = match cluster::up("pnlab", nodes, &bin_dir, &dir, &mut progress).await {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            eprintln!(
+                "logs are in {}; `podnet-lab down` removes what was created",
+                dir.display()
+            );
+            return Ok(false);
         }
     };
-    let result = match cmd.as_str() {
-        "up" => up(&rt),
-        "status" => status(),
-        "down" => down(),
-        "--version" | "version" => {
+    report(&state)
+}
+
+async fn run() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            let nodes = match args.iter().position(|a| a == "--nodes") {
+                Some(i) => args.get(i + 1).context("--nodes needs a number")?.parse()?,
+                None => 3,
+            };
+            up(nodes).await
+        }
+        Some("status") => report(
+            &cluster::load(&state_dir()).context("no lab is running (podnet-lab up starts one)")?,
+        ),
+        Some("down") => {
+            match cluster::load(&state_dir()) {
+                Ok(state) => {
+                    cluster::down(&state);
+                    println!("lab removed");
+                }
+                Err(_) => println!("no lab is running"),
+            }
+            Ok(true)
+        }
+        Some("--version") => {
             println!("podnet-lab {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            Ok(true)
         }
-        _ => {
-            eprintln!("usage: podnet-lab up|status|down");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+        _ => bail!("usage: podnet-lab up [--nodes N] | status | down"),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,579 @@
+//! A multi-node podnet on one machine: a lab switch (a bridge in a namespace of its
+//! own), one namespace per node attached to it, an "external" host namespace, the
+//! control plane on the host, podnet-operator, one podnet-daemon per node (on the host,
+//! programming its node's namespace through `--netns`), and pods wired by invoking
+//! podnet-cni exactly as a runtime does.
+//!
+//! Addresses: lab network 198.18.0.0/24 and 2001:db8:18::/64; pods from the default
+//! PodNetwork (10.244.0.0/16, fd00:10:244::/56). Nothing routes out of the lab: the
+//! switch has no uplink, and the host's root namespace gets no route at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ControlPlane, ControlPlaneOptions, DetachedControlPlane, LabError, run_ok};
+
+/// Where a lab keeps its state by default.
+pub const DEFAULT_STATE_DIR: &str = "/run/podnet-lab";
+
+/// One pod of the lab.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pod {
+    /// Its network namespace.
+    pub netns: String,
+    /// Its node.
+    pub node: String,
+    /// Its addresses (IPv4 first).
+    pub ips: Vec<String>,
+}
+
+/// One node of the lab.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabNode {
+    /// Node (and Kubernetes Node) name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its lab addresses.
+    pub ips: Vec<String>,
+    /// The daemon's PID.
+    pub daemon_pid: i32,
+}
+
+/// Everything `down` needs to remove, saved as JSON in the state dir.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    /// Prefix of every namespace name (unique per lab).
+    pub tag: String,
+    /// The state directory.
+    pub dir: PathBuf,
+    /// The control plane.
+    pub control_plane: DetachedControlPlane,
+    /// podnet-operator's PID.
+    pub operator_pid: i32,
+    /// Binaries the lab runs (to check PIDs before signalling them).
+    pub bin_dir: PathBuf,
+    /// Every namespace the lab made.
+    pub namespaces: Vec<String>,
+    /// The nodes.
+    pub nodes: Vec<LabNode>,
+    /// The pods.
+    pub pods: Vec<Pod>,
+    /// The external host's addresses.
+    pub external_ips: Vec<String>,
+}
+
+fn ns_run(ns: &str, args: &[&str]) -> Result<String, LabError> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend(args);
+    run_ok(&full)
+}
+
+fn spawn_logged(
+    bin: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+) -> Result<i32, LabError> {
+    let out = std::fs::File::create(log).map_err(LabError::io("creating", log))?;
+    let err = out.try_clone().map_err(LabError::io("opening", log))?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(bin)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(LabError::io("starting", bin))?;
+    Ok(child.id() as i32)
+}
+
+/// Brings up a lab of `nodes` nodes with two pods each; every namespace name starts with
+/// `tag`. `bin_dir` holds podnet-operator,
+/// podnet-daemon and podnet-cni; `progress` reports each step.
+pub async fn up(
+    tag: &str,
+    nodes: usize,
+    bin_dir: &Path,
+    state_dir: &Path,
+    progress: &mut dyn FnMut(&str, Duration),
+) -> Result<LabState, LabError> {
+    let step = Instant::now();
+    std::fs::create_dir_all(state_dir).map_err(LabError::io("creating", state_dir))?;
+    let cp = ControlPlane::start(ControlPlaneOptions {
+        detachable: true,
+        ..Default::default()
+    })
+    .await?;
+    crate::testing::install_crds(&cp)?;
+    let examples =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/podnetwork-dualstack.yaml");
+    let out = cp.kubectl(["apply", "-f", &examples.display().to_string()])?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: "kubectl apply default PodNetwork".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    progress(
+        "control plane, CRDs and the default PodNetwork",
+        step.elapsed(),
+    );
+    let kubeconfig = cp.kubeconfig().to_path_buf();
+    let mut state = LabState {
+        tag: tag.to_string(),
+        dir: state_dir.to_path_buf(),
+        control_plane: cp.detach(),
+        operator_pid: 0,
+        bin_dir: bin_dir.to_path_buf(),
+        namespaces: Vec::new(),
+        nodes: Vec::new(),
+        pods: Vec::new(),
+        external_ips: vec!["198.18.0.100".into(), "2001:db8:18::100".into()],
+    };
+    // From here on, a failure still leaves a state file that `down` can clean up.
+    let result = build(&mut state, nodes, &kubeconfig, progress).await;
+    save(&state)?;
+    result.map(|()| state)
+}
+
+fn save(state: &LabState) -> Result<(), LabError> {
+    let path = state.dir.join("state.json");
+    let text = serde_json::to_string_pretty(state).map_err(|source| LabError::State {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, text).map_err(LabError::io("writing", path))
+}
+
+/// Reads the state of a running lab.
+pub fn load(state_dir: &Path) -> Result<LabState, LabError> {
+    let path = state_dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(LabError::io("reading", path.clone()))?;
+    serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
+}
+
+async fn build(
+    state: &mut LabState,
+    nodes: usize,
+    kubeconfig: &Path,
+    progress: &mut dyn FnMut(&str, Duration),
+) -> Result<(), LabError> {
+    let step = Instant::now();
+    let sw = format!("{}-sw", state.tag);
+    run_ok(&["ip", "netns", "add", &sw])?;
+    state.namespaces.push(sw.clone());
+    ns_run(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
+    ns_run(&sw, &["ip", "link", "set", "br0", "up"])?;
+    let ext = format!("{}-ext", state.tag);
+    attach(state, &ext, "ext", "198.18.0.100", "2001:db8:18::100")?;
+    progress("lab switch and external host", step.elapsed());
+    let step = Instant::now();
+    let env = [
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
+    state.operator_pid = spawn_logged(
+        &state.bin_dir.join("podnet-operator"),
+        &[
+            "--lease-namespace".into(),
+            "default".into(),
+            "--ops-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+        &env,
+        &state.dir.join("operator.log"),
+    )?;
+    save(state)?;
+    for i in 1..=nodes {
+        add_node(state, i).await?;
+    }
+    progress(
+        &format!(
+            "{nodes} nodes (namespace, Node, podnet-daemon, two pods each) and podnet-operator"
+        ),
+        step.elapsed(),
+    );
+    let step = Instant::now();
+    wait_programmed(state, Duration::from_secs(60)).await?;
+    progress("every node programmed routes to every peer", step.elapsed());
+    Ok(())
+}
+
+/// Waits until every node's NodeRoute says it programmed a route to each peer CIDR
+/// (two per peer: IPv4 and IPv6).
+pub async fn wait_programmed(state: &LabState, timeout: Duration) -> Result<(), LabError> {
+    let kc = state.control_plane.kubeconfig.display().to_string();
+    let want = format!(
+        "{} routes programmed, 0 peers skipped",
+        2 * state.nodes.len().saturating_sub(1)
+    );
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = kubectl_in(
+            &kc,
+            &[
+                "get",
+                "nr",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Programmed\")].message}{\"\\n\"}{end}",
+            ],
+            "",
+        )?;
+        let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+        if lines.len() == state.nodes.len() && lines.iter().all(|l| *l == want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady {
+                component: "podnet-daemon",
+                reason: format!("nodes did not all report {want:?}: {lines:?}"),
+                tail: crate::controlplane::log_tail(&state.dir.join("operator.log"), 20),
+                log: state.dir.join("operator.log"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Attaches a new namespace `name` to the lab switch through port `port`.
+fn attach(
+    state: &mut LabState,
+    name: &str,
+    port: &str,
+    v4: &str,
+    v6: &str,
+) -> Result<(), LabError> {
+    let sw = format!("{}-sw", state.tag);
+    run_ok(&["ip", "netns", "add", name])?;
+    state.namespaces.push(name.to_string());
+    run_ok(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+    run_ok(&[
+        "ip", "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name,
+    ])?;
+    run_ok(&["ip", "-n", &sw, "link", "set", port, "master", "br0", "up"])?;
+    run_ok(&["ip", "-n", name, "link", "set", "eth0", "up"])?;
+    run_ok(&[
+        "ip",
+        "-n",
+        name,
+        "addr",
+        "add",
+        &format!("{v4}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    run_ok(&[
+        "ip",
+        "-n",
+        name,
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    Ok(())
+}
+
+/// Adds node `i`: its namespace on the switch, its Node object, its podnet-daemon, and
+/// (once the daemon wrote the CNI config) two pods.
+pub async fn add_node(state: &mut LabState, i: usize) -> Result<LabNode, LabError> {
+    let name = format!("node-{i}");
+    let netns = format!("{}-{name}", state.tag);
+    let (v4, v6) = (
+        format!("198.18.0.{}", 10 + i),
+        format!("2001:db8:18::{:x}", 0x10 + i),
+    );
+    attach(state, &netns, &format!("n{i}"), &v4, &v6)?;
+    let kc = state.control_plane.kubeconfig.display().to_string();
+    let doc = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"podnet.dev/lab": "true"}}});
+    kubectl_in(&kc, &["apply", "-f", "-"], &doc.to_string())?;
+    let st = serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": v4}, {"type": "InternalIP", "address": v6}]}});
+    kubectl_in(
+        &kc,
+        &[
+            "patch",
+            "node",
+            &name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &st.to_string(),
+        ],
+        "",
+    )?;
+    let dir = state.dir.join(&name);
+    std::fs::create_dir_all(&dir).map_err(LabError::io("creating", dir.clone()))?;
+    let args: Vec<String> = [
+        "run",
+        "--node-name",
+        &name,
+        "--netns",
+        &format!("/var/run/netns/{netns}"),
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--resync",
+        "5",
+        "--cni-conf-dir",
+        &dir.join("net.d").display().to_string(),
+        "--ipam-dir",
+        &dir.join("ipam").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = [("KUBECONFIG", kc), ("RUST_LOG", "info".to_string())];
+    let daemon_pid = spawn_logged(
+        &state.bin_dir.join("podnet-daemon"),
+        &args,
+        &env,
+        &dir.join("daemon.log"),
+    )?;
+    let node = LabNode {
+        name: name.clone(),
+        netns: netns.clone(),
+        ips: vec![v4, v6],
+        daemon_pid,
+    };
+    state.nodes.push(node.clone());
+    save(state)?;
+    let conf = dir.join("net.d/10-podnet.conflist");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !conf.exists() {
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady {
+                component: "podnet-daemon",
+                reason: format!("{name} has no CNI config after 60 s"),
+                tail: crate::controlplane::log_tail(&dir.join("daemon.log"), 20),
+                log: dir.join("daemon.log"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in 1..=2 {
+        let pod = add_pod(state, &node, &format!("{netns}-pod{p}"))?;
+        state.pods.push(pod);
+    }
+    save(state)?;
+    Ok(node)
+}
+
+/// Removes node `name`: its pods (CNI DEL), its daemon, its Node object, its namespace.
+pub fn remove_node(state: &mut LabState, name: &str) -> Result<(), LabError> {
+    let Some(idx) = state.nodes.iter().position(|n| n.name == name) else {
+        return Ok(());
+    };
+    let node = state.nodes.remove(idx);
+    for pod in state
+        .pods
+        .iter()
+        .filter(|p| p.node == name)
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        cni(state, &node, "DEL", &pod.netns)?;
+        let _ = run_ok(&["ip", "netns", "del", &pod.netns]);
+        state.namespaces.retain(|n| *n != pod.netns);
+    }
+    state.pods.retain(|p| p.node != name);
+    stop(node.daemon_pid, &state.bin_dir.join("podnet-daemon"));
+    kubectl_in(
+        &state.control_plane.kubeconfig.display().to_string(),
+        &["delete", "node", name],
+        "",
+    )?;
+    let _ = run_ok(&["ip", "netns", "del", &node.netns]);
+    state.namespaces.retain(|n| *n != node.netns);
+    save(state)
+}
+
+fn kubectl_in(kubeconfig: &str, args: &[&str], input: &str) -> Result<String, LabError> {
+    use std::io::Write;
+    let tools = crate::Tools::locate()?;
+    let mut child = Command::new(&tools.kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LabError::io("running", tools.kubectl.clone()))?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(LabError::io("running", tools.kubectl.clone()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into())
+    } else {
+        Err(LabError::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        })
+    }
+}
+
+/// Runs podnet-cni for a pod the way a runtime does: in the node's namespace, with the
+/// CNI_* environment and the plugin's entry of the conflist the daemon wrote.
+pub fn cni(
+    state: &LabState,
+    node: &LabNode,
+    command: &str,
+    pod_netns: &str,
+) -> Result<serde_json::Value, LabError> {
+    use std::io::Write;
+    let conflist_path = state.dir.join(&node.name).join("net.d/10-podnet.conflist");
+    let text = std::fs::read_to_string(&conflist_path)
+        .map_err(LabError::io("reading", conflist_path.clone()))?;
+    let conflist: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| LabError::State {
+            path: conflist_path,
+            source,
+        })?;
+    let mut conf = conflist["plugins"][0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    let bin = state.bin_dir.join("podnet-cni");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(&bin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", pod_netns)
+        .env("CNI_NETNS", format!("/var/run/netns/{pod_netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &state.bin_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LabError::io("running", bin.clone()))?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(conf.to_string().as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(LabError::io("running", bin))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: format!("podnet-cni {command} {pod_netns}"),
+            stderr: stdout,
+        });
+    }
+    Ok(serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null))
+}
+
+/// Creates a pod namespace on `node` and wires it with podnet-cni.
+pub fn add_pod(state: &mut LabState, node: &LabNode, name: &str) -> Result<Pod, LabError> {
+    run_ok(&["ip", "netns", "add", name])?;
+    state.namespaces.push(name.to_string());
+    run_ok(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+    let result = cni(state, node, "ADD", name)?;
+    let ips = result["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["address"].as_str()?.split('/').next().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Pod {
+        netns: name.to_string(),
+        node: node.name.clone(),
+        ips,
+    })
+}
+
+/// Whether `from` reaches `to`: up to three pings of one second (the first packets of
+/// a new path wait for neighbour discovery).
+pub fn ping(from: &str, to: &str) -> bool {
+    (0..3).any(|_| {
+        Command::new("ip")
+            .args(["netns", "exec", from, "ping", "-c", "1", "-W", "1", to])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The connectivity matrix: every pod to every pod and to the external host, per family.
+pub fn matrix(state: &LabState) -> (String, usize, usize) {
+    let mut out = String::new();
+    let (mut ok, mut total) = (0, 0);
+    for family in [0usize, 1] {
+        out.push_str(if family == 0 { "IPv4\n" } else { "IPv6\n" });
+        out.push_str(&format!("{:<24}", "from \\ to"));
+        for p in &state.pods {
+            out.push_str(&format!("{:>6}", short(&p.netns)));
+        }
+        out.push_str("   ext\n");
+        for from in &state.pods {
+            out.push_str(&format!("{:<24}", from.netns));
+            let targets = state
+                .pods
+                .iter()
+                .filter_map(|p| p.ips.get(family))
+                .chain(state.external_ips.get(family));
+            for to in targets {
+                total += 1;
+                let good = ping(&from.netns, to);
+                ok += usize::from(good);
+                out.push_str(&format!("{:>6}", if good { "ok" } else { "FAIL" }));
+            }
+            out.push('\n');
+        }
+    }
+    (out, ok, total)
+}
+
+fn short(netns: &str) -> String {
+    // <tag>-node-1-pod2 → n1p2
+    let parts: Vec<&str> = netns.rsplitn(3, '-').collect();
+    match parts.as_slice() {
+        [p, n, _] => format!("n{n}{}", p.replace("pod", "p")),
+        _ => netns.to_string(),
+    }
+}
+
+fn owns(pid: i32, bin: &Path) -> bool {
+    pid > 0
+        && std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|e| std::fs::canonicalize(bin).is_ok_and(|b| b == e))
+}
+
+fn stop(pid: i32, bin: &Path) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if !owns(pid, bin) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && owns(pid, bin) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// Removes every process, namespace and file the lab created.
+pub fn down(state: &LabState) {
+    stop(state.operator_pid, &state.bin_dir.join("podnet-operator"));
+    for n in &state.nodes {
+        stop(n.daemon_pid, &state.bin_dir.join("podnet-daemon"));
+    }
+    for ns in state.namespaces.iter().rev() {
+        let _ = run_ok(&["ip", "netns", "del", ns]);
+    }
+    state.control_plane.stop();
+    let _ = std::fs::remove_dir_all(&state.dir);
+}
