@@ -186,6 +186,22 @@ fn lab_datapath_end_to_end() {
         cluster::ping(&a.netns, "198.18.0.100")
     });
 
+    // Convergence: NodeRoute gets its CIDR → route on every node (goal p99 ≤ 100 ms; a
+    // loose bound here so a busy CI machine does not fail it, the number is printed).
+    let samples = rt
+        .block_on(cluster::measure_convergence(state, 10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p99 = samples[samples.len() - 1];
+    eprintln!(
+        "convergence: p50 {:?}, max {:?}",
+        samples[samples.len() / 2],
+        p99
+    );
+    assert!(
+        p99 < Duration::from_millis(1000),
+        "convergence too slow: {samples:?}"
+    );
+
     // 3. A node added later gets a CIDR and its pods are reachable from the others ...
     rt.block_on(cluster::add_node(state, 4))
         .unwrap_or_else(|e| panic!("adding node-4: {e}"));

@@ -22,7 +22,7 @@ fn state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
-fn report(state: &LabState) -> anyhow::Result<bool> {
+async fn report(state: &LabState) -> anyhow::Result<bool> {
     let tools = Tools::locate()?;
     let out = std::process::Command::new(&tools.kubectl)
         .arg("--kubeconfig")
@@ -33,6 +33,14 @@ fn report(state: &LabState) -> anyhow::Result<bool> {
     let (matrix, ok, total) = cluster::matrix(state);
     println!("{matrix}");
     println!("{ok}/{total} paths reachable");
+    let samples = cluster::measure_convergence(state, 20).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "convergence (NodeRoute gets its CIDR -> route on every node), {} probes: p50 {:.1} ms, p99 {:.1} ms",
+        samples.len(),
+        ms(samples[samples.len() / 2]),
+        ms(samples[(samples.len() * 99).div_ceil(100) - 1])
+    );
     println!();
     println!(
         "  export KUBECONFIG={}",
@@ -84,7 +92,7 @@ async fn up(nodes: usize) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    report(&state)
+    report(&state).await
 }
 
 async fn run() -> anyhow::Result<bool> {
@@ -97,9 +105,11 @@ async fn run() -> anyhow::Result<bool> {
             };
             up(nodes).await
         }
-        Some("status") => report(
-            &cluster::load(&state_dir()).context("no lab is running (podnet-lab up starts one)")?,
-        ),
+        Some("status") => {
+            let state = cluster::load(&state_dir())
+                .context("no lab is running (podnet-lab up starts one)")?;
+            report(&state).await
+        }
         Some("down") => {
             match cluster::load(&state_dir()) {
                 Ok(state) => {
