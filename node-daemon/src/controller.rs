@@ -170,54 +170,70 @@ impl Daemon {
         let mut netlink = None;
         let mut last_status: Option<(String, String, String)> = None;
         let mut first = true;
+        // The state last applied: an event that changes nothing for this node (another
+        // node's Programmed condition, say) costs no kernel check; the periodic check
+        // (its own ticker, which events do not postpone) always looks at the kernel.
+        let mut applied: Option<Desired> = None;
+        let mut periodic = true;
+        let mut ticker = tokio::time::interval(self.config.resync);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
         loop {
             let started = Instant::now();
-            let nl = match netlink.take() {
-                Some(nl) => Ok(nl),
-                None => self.netlink(),
-            };
-            match nl {
-                Ok(mut nl) => {
-                    match self.sync(&mut nl, first) {
-                        Ok((desired, summary)) => {
-                            if first {
-                                info!(routes = desired.routes.len(), "first sync applied");
-                                self.health.set_ready(true);
-                                first = false;
+            let desired = desired_state(
+                &self.config.node_name,
+                &self.noderoutes.state(),
+                &self.networks.state(),
+            );
+            if periodic || applied.as_ref() != Some(&desired) {
+                let nl = match netlink.take() {
+                    Some(nl) => Ok(nl),
+                    None => self.netlink(),
+                };
+                match nl {
+                    Ok(mut nl) => {
+                        match self.sync(&mut nl, &desired, first) {
+                            Ok(summary) => {
+                                applied = Some(desired.clone());
+                                if first {
+                                    info!(routes = desired.routes.len(), "first sync applied");
+                                    self.health.set_ready(true);
+                                    first = false;
+                                }
+                                let status = summary;
+                                if last_status.as_ref() != Some(&status) {
+                                    match self.report(&status).await {
+                                        Ok(()) => last_status = Some(status),
+                                        Err(e) => warn!(error = %e, "could not report Programmed"),
+                                    }
+                                }
                             }
-                            let status = summary;
-                            if last_status.as_ref() != Some(&status) {
-                                match self.report(&status).await {
-                                    Ok(()) => last_status = Some(status),
-                                    Err(e) => warn!(error = %e, "could not report Programmed"),
+                            Err(e) => {
+                                self.metrics.errors.inc();
+                                warn!(error = %e, "sync failed; retrying");
+                                let status =
+                                    ("False".to_string(), "SyncFailed".to_string(), e.to_string());
+                                if last_status.as_ref() != Some(&status)
+                                    && self.report(&status).await.is_ok()
+                                {
+                                    last_status = Some(status);
                                 }
                             }
                         }
-                        Err(e) => {
-                            self.metrics.errors.inc();
-                            warn!(error = %e, "sync failed; retrying");
-                            let status =
-                                ("False".to_string(), "SyncFailed".to_string(), e.to_string());
-                            if last_status.as_ref() != Some(&status)
-                                && self.report(&status).await.is_ok()
-                            {
-                                last_status = Some(status);
-                            }
-                        }
+                        netlink = Some(nl);
                     }
-                    netlink = Some(nl);
+                    Err(e) => {
+                        self.metrics.errors.inc();
+                        warn!(error = %e, "cannot open netlink");
+                    }
                 }
-                Err(e) => {
-                    self.metrics.errors.inc();
-                    warn!(error = %e, "cannot open netlink");
-                }
+                self.metrics
+                    .sync_duration
+                    .observe(started.elapsed().as_secs_f64());
             }
-            self.metrics
-                .sync_duration
-                .observe(started.elapsed().as_secs_f64());
             tokio::select! {
-                _ = self.notify.notified() => {}
-                _ = tokio::time::sleep(self.config.resync) => {}
+                _ = self.notify.notified() => periodic = false,
+                _ = ticker.tick() => periodic = true,
                 _ = shutdown.changed() => break,
             }
         }
@@ -228,11 +244,9 @@ impl Daemon {
     fn sync(
         &self,
         nl: &mut Netlink,
+        desired: &Desired,
         first: bool,
-    ) -> Result<(Desired, (String, String, String)), SyncError> {
-        let nrs = self.noderoutes.state();
-        let pns = self.networks.state();
-        let desired = desired_state(&self.config.node_name, &nrs, &pns);
+    ) -> Result<(String, String, String), SyncError> {
         let routes = reconcile_routes(nl, &desired.routes)?;
         let masq = Iptables {
             netns: self.config.netns.clone(),
@@ -299,7 +313,7 @@ impl Daemon {
                 ),
             )
         };
-        Ok((desired, status))
+        Ok(status)
     }
 
     /// Applies the Programmed condition on this node's NodeRoute (server-side apply,
