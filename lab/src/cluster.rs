@@ -395,23 +395,15 @@ pub fn remove_node(state: &mut LabState, name: &str) -> Result<(), LabError> {
 }
 
 fn kubectl_in(kubeconfig: &str, args: &[&str], input: &str) -> Result<String, LabError> {
-    use std::io::Write;
     let tools = crate::Tools::locate()?;
-    let mut child = Command::new(&tools.kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(LabError::io("running", tools.kubectl.clone()))?;
-    if let Some(mut s) = child.stdin.take() {
-        let _ = s.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(LabError::io("running", tools.kubectl.clone()))?;
+    let out = crate::output_with_input(
+        Command::new(&tools.kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args),
+        input,
+    )
+    .map_err(LabError::io("running", tools.kubectl.clone()))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into())
     } else {
@@ -430,7 +422,6 @@ pub fn cni(
     command: &str,
     pod_netns: &str,
 ) -> Result<serde_json::Value, LabError> {
-    use std::io::Write;
     let conflist_path = state.dir.join(&node.name).join("net.d/10-podnet.conflist");
     let text = std::fs::read_to_string(&conflist_path)
         .map_err(LabError::io("reading", conflist_path.clone()))?;
@@ -443,25 +434,18 @@ pub fn cni(
     conf["name"] = conflist["name"].clone();
     conf["cniVersion"] = conflist["cniVersion"].clone();
     let bin = state.bin_dir.join("podnet-cni");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.netns])
-        .arg(&bin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", pod_netns)
-        .env("CNI_NETNS", format!("/var/run/netns/{pod_netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", &state.bin_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(LabError::io("running", bin.clone()))?;
-    if let Some(mut s) = child.stdin.take() {
-        let _ = s.write_all(conf.to_string().as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(LabError::io("running", bin))?;
+    let out = crate::output_with_input(
+        Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(&bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", pod_netns)
+            .env("CNI_NETNS", format!("/var/run/netns/{pod_netns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &state.bin_dir),
+        &conf.to_string(),
+    )
+    .map_err(LabError::io("running", bin))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(LabError::Command {

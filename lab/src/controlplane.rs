@@ -186,24 +186,14 @@ impl ControlPlane {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        use std::io::Write;
-        let mut child = Command::new(&self.tools.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(LabError::io("running", self.tools.kubectl.clone()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(input.as_bytes())
-                .map_err(LabError::io("writing to", self.tools.kubectl.clone()))?;
-        }
-        child
-            .wait_with_output()
-            .map_err(LabError::io("running", self.tools.kubectl.clone()))
+        crate::output_with_input(
+            Command::new(&self.tools.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args),
+            input,
+        )
+        .map_err(LabError::io("running", self.tools.kubectl.clone()))
     }
 
     /// Stops kube-apiserver (SIGTERM) and starts it again on the same port and data,

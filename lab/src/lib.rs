@@ -32,3 +32,22 @@ pub fn run_ok(args: &[&str]) -> Result<String, LabError> {
         })
     }
 }
+
+/// Runs `cmd` with `input` on its standard input and collects its output.
+pub(crate) fn output_with_input(
+    cmd: &mut std::process::Command,
+    input: &str,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits without reading its input is not an error here.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    child.wait_with_output()
+}
