@@ -594,12 +594,20 @@ impl Operator {
     }
 
     async fn execute(&self, job: Job) -> Outcome {
+        // Only NodeRoute jobs may touch the per-node bookkeeping: a PodNetwork (or a
+        // Node's spec) can share its name with a node being created.
+        let node_route_job =
+            !matches!(job, Job::NetworkStatus { .. } | Job::SetNodePodCidrs { .. });
         match self.execute_inner(job).await {
             Ok(o) => o,
             Err((name, op, e)) => {
                 self.metrics.error(op);
                 warn!(object = %name, operation = op, error = %e, "API write failed; retrying on the next pass");
-                Outcome::Failed { name }
+                if node_route_job {
+                    Outcome::Failed { name }
+                } else {
+                    Outcome::Done
+                }
             }
         }
     }
@@ -715,7 +723,7 @@ impl Operator {
             }
             Job::SetNodePodCidrs { name, cidrs } => {
                 if !self.leadership.is_leader() {
-                    return Ok(Outcome::Skipped { name });
+                    return Ok(Outcome::Done);
                 }
                 // podCIDRs can only be set while empty; the API server refuses a change.
                 let patch = json!({"spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}});
@@ -724,11 +732,11 @@ impl Operator {
                     .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .map_err(|e| (name.clone(), "patch-node-podcidrs", e))?;
-                Ok(Outcome::Skipped { name })
+                Ok(Outcome::Done)
             }
             Job::NetworkStatus { name, status, pn } => {
                 if !self.leadership.is_leader() {
-                    return Ok(Outcome::Skipped { name });
+                    return Ok(Outcome::Done);
                 }
                 let api: Api<PodNetwork> = Api::all(self.client.clone());
                 let patch = json!({
@@ -744,7 +752,7 @@ impl Operator {
                 .map_err(|e| (name.clone(), "apply-network-status", e))?;
                 let before = pn.status.clone().unwrap_or_default();
                 self.announce_network(&pn, &before, &status).await;
-                Ok(Outcome::Skipped { name })
+                Ok(Outcome::Done)
             }
         }
     }
@@ -963,6 +971,8 @@ enum Outcome {
     Failed {
         name: String,
     },
+    /// A write that is not about a NodeRoute (PodNetwork status, Node spec).
+    Done,
 }
 
 #[derive(Default)]
@@ -1130,6 +1140,7 @@ impl SyncState {
             Outcome::Skipped { name } | Outcome::Failed { name } => {
                 self.pending_create.remove(&name);
             }
+            Outcome::Done => {}
         }
         if self.new_allocations > 0 {
             metrics.allocations.inc_by(self.new_allocations);

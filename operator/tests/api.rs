@@ -366,9 +366,12 @@ async fn selectors(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     apply_json(&client, r#"{"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"edge"},"spec":{"cidrs":["10.250.0.0/20"],"nodeMaskSize":{"ipv4":26},"nodeSelector":{"matchLabels":{"pool":"edge"}}}}"#).await?;
     apply_json(&client, r#"{"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"core"},"spec":{"cidrs":["10.244.0.0/16"],"nodeSelector":{"matchExpressions":[{"key":"pool","operator":"In","values":["core"]}]}}}"#).await?;
     let _op = OperatorProc::start(&cp, "solo")?;
+    // Node "edge" shares its name with the PodNetwork: per-object bookkeeping must not mix them.
+    let mut edge_nodes = names("edge", 0..3);
+    edge_nodes.push("edge".to_string());
     create_nodes(
         &client,
-        &names("edge", 0..3),
+        &edge_nodes,
         &[("pool".to_string(), "edge".to_string())].into(),
     )
     .await?;
@@ -379,7 +382,7 @@ async fn selectors(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     )
     .await?;
     create_nodes(&client, &names("stray", 20..21), &BTreeMap::new()).await?;
-    let nrs = wait_allocated(&client, &names("edge", 0..3), 1, Duration::from_secs(30)).await?;
+    let nrs = wait_allocated(&client, &edge_nodes, 1, Duration::from_secs(30)).await?;
     for nr in nrs.iter().filter(|n| n.name_any().starts_with("edge")) {
         ensure!(
             nr.spec.pod_network.as_deref() == Some("edge"),
