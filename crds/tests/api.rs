@@ -54,7 +54,10 @@ fn main() -> ExitCode {
                     "{shorts}"
                 );
                 ensure!(
-                    !shorts.contains("true  "),
+                    shorts.lines().count() == 2
+                        && shorts
+                            .lines()
+                            .all(|l| l.split_whitespace().any(|w| w == "false")),
                     "podnet resources must be cluster-scoped: {shorts}"
                 );
                 Ok(())
