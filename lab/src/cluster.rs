@@ -41,6 +41,8 @@ pub struct LabNode {
     pub ips: Vec<String>,
     /// The daemon's PID.
     pub daemon_pid: i32,
+    /// The daemon's kubeconfig (the podnet-daemon service account's bound token).
+    pub kubeconfig: PathBuf,
 }
 
 /// Everything `down` needs to remove, saved as JSON in the state dir.
@@ -110,18 +112,15 @@ pub async fn up(
         ..Default::default()
     })
     .await?;
-    crate::testing::install_crds(&cp)?;
-    let examples =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/podnetwork-dualstack.yaml");
-    let out = cp.kubectl(["apply", "-f", &examples.display().to_string()])?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            command: "kubectl apply default PodNetwork".into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        });
-    }
+    // podnet as a cluster admin installs it: the Helm chart (CRDs, RBAC, admission
+    // policy, the default PodNetwork). Its pods never start (no kubelet here): the lab
+    // runs the same programs as the chart's service accounts instead.
+    crate::chart::install(
+        cp.kubeconfig(),
+        &["podNetwork.cidrs={10.244.0.0/16,fd00:10:244::/56}"],
+    )?;
     progress(
-        "control plane, CRDs and the default PodNetwork",
+        "control plane, and podnet installed with its Helm chart",
         step.elapsed(),
     );
     let kubeconfig = cp.kubeconfig().to_path_buf();
@@ -174,15 +173,21 @@ async fn build(
     attach(state, &ext, "ext", "198.18.0.100", "2001:db8:18::100")?;
     progress("lab switch and external host", step.elapsed());
     let step = Instant::now();
+    let operator_kc = crate::chart::service_account_kubeconfig(
+        kubeconfig,
+        crate::chart::NAMESPACE,
+        crate::chart::OPERATOR_SA,
+        None,
+    )?;
     let env = [
-        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("KUBECONFIG", operator_kc.display().to_string()),
         ("RUST_LOG", "info".to_string()),
     ];
     state.operator_pid = spawn_logged(
         &state.bin_dir.join("podnet-operator"),
         &[
             "--lease-namespace".into(),
-            "default".into(),
+            crate::chart::NAMESPACE.into(),
             "--ops-addr".into(),
             "127.0.0.1:0".into(),
         ],
@@ -329,7 +334,18 @@ pub async fn add_node(state: &mut LabState, i: usize) -> Result<LabNode, LabErro
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let env = [("KUBECONFIG", kc), ("RUST_LOG", "info".to_string())];
+    // The daemon authenticates as the chart's podnet-daemon service account, with a
+    // token bound to a Pod on its node, as a DaemonSet pod's token is.
+    let daemon_kc = crate::chart::service_account_kubeconfig(
+        &state.control_plane.kubeconfig,
+        crate::chart::NAMESPACE,
+        crate::chart::DAEMON_SA,
+        Some(&name),
+    )?;
+    let env = [
+        ("KUBECONFIG", daemon_kc.display().to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
     let daemon_pid = spawn_logged(
         &state.bin_dir.join("podnet-daemon"),
         &args,
@@ -341,6 +357,7 @@ pub async fn add_node(state: &mut LabState, i: usize) -> Result<LabNode, LabErro
         netns: netns.clone(),
         ips: vec![v4, v6],
         daemon_pid,
+        kubeconfig: daemon_kc,
     };
     state.nodes.push(node.clone());
     save(state)?;
@@ -384,9 +401,22 @@ pub fn remove_node(state: &mut LabState, name: &str) -> Result<(), LabError> {
     }
     state.pods.retain(|p| p.node != name);
     stop(node.daemon_pid, &state.bin_dir.join("podnet-daemon"));
+    let kc = state.control_plane.kubeconfig.display().to_string();
+    kubectl_in(&kc, &["delete", "node", name], "")?;
+    // The daemon's pod object goes with its node (and so does its token's validity).
     kubectl_in(
-        &state.control_plane.kubeconfig.display().to_string(),
-        &["delete", "node", name],
+        &kc,
+        &[
+            "delete",
+            "pod",
+            "--ignore-not-found",
+            // No kubelet confirms a graceful deletion here.
+            "--grace-period=0",
+            "--force",
+            "-n",
+            crate::chart::NAMESPACE,
+            &format!("{}-{name}", crate::chart::DAEMON_SA),
+        ],
         "",
     )?;
     let _ = run_ok(&["ip", "netns", "del", &node.netns]);

@@ -6,6 +6,7 @@
 //! integration test that needs an API server goes through.
 
 mod certs;
+pub mod chart;
 pub mod cluster;
 pub(crate) mod controlplane;
 mod error;

@@ -126,7 +126,16 @@ fn lab_datapath_end_to_end() {
         );
     }
 
-    // 4. NodeRoutes show Allocated and Programmed.
+    // 4. NodeRoutes show Allocated and Programmed, written by programs holding only the
+    // Helm chart's service-account tokens (RBAC and the admission policy sufficient).
+    for n in &state.nodes {
+        let kc = std::fs::read_to_string(&n.kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            kc.contains("token:") && !kc.contains("client-certificate"),
+            "{} daemon runs with a service-account token",
+            n.name
+        );
+    }
     let nr = kubectl(state, &["get", "nr", "--no-headers"]);
     assert_eq!(nr.lines().count(), 3, "{nr}");
     assert!(
