@@ -48,6 +48,41 @@ pub struct Env {
     pub netns: Option<PathBuf>,
     /// CNI_IFNAME (validated).
     pub ifname: String,
+    /// CNI_ARGS as key/value pairs, in order (validated; see [`parse_cni_args`]).
+    pub args: Vec<(String, String)>,
+}
+
+/// The most CNI_ARGS may hold.
+pub const MAX_CNI_ARGS: usize = 64 * 1024;
+
+/// Parses CNI_ARGS: `KEY=VALUE` pairs separated by `;` (SPEC.md). Keys are
+/// alphanumeric with `_`, `-` and `.`; values have no control characters. Empty
+/// segments (`a=1;;b=2`, a trailing `;`) are allowed. Keys podnet does not use
+/// (everything but the `K8S_POD_*` ones and `IgnoreUnknown`) are accepted and ignored:
+/// podnet has no per-pod options, so no key can change what it does.
+pub fn parse_cni_args(raw: &str) -> Result<Vec<(String, String)>, String> {
+    if raw.len() > MAX_CNI_ARGS {
+        return Err(format!("{} bytes; at most {MAX_CNI_ARGS}", raw.len()));
+    }
+    let mut out = Vec::new();
+    for pair in raw.split(';').filter(|p| !p.is_empty()) {
+        let shown: String = pair.chars().take(64).collect();
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!("{shown:?} is not KEY=VALUE"));
+        };
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(format!("{shown:?}: invalid key"));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(format!("{shown:?}: control character in the value"));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
 }
 
 fn valid_id(s: &str) -> bool {
@@ -112,6 +147,8 @@ impl Env {
                 ));
             }
         }
+        let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())
+            .map_err(|why| bad("CNI_ARGS", why))?;
         if let Some(ns) = &netns
             && !ns.is_absolute()
         {
@@ -125,6 +162,7 @@ impl Env {
             container_id,
             netns,
             ifname,
+            args,
         })
     }
 }
@@ -389,6 +427,41 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Env::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn cni_args_are_parsed_and_malformed_ones_refused() {
+        let base = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+        ];
+        let with = |args: &str| {
+            let mut v = base.to_vec();
+            v.push(("CNI_ARGS", args));
+            env(&v)
+        };
+        let ok = with("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;;")
+            .map_err(|e| e.msg)
+            .map(|e| e.args);
+        assert_eq!(
+            ok,
+            Ok(vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), "default".into()),
+                ("K8S_POD_NAME".into(), "web-0".into()),
+            ])
+        );
+        assert!(with("").is_ok_and(|e| e.args.is_empty()));
+        let huge = "A=".to_string() + &"x".repeat(MAX_CNI_ARGS);
+        for bad in ["novalue", "=v", "a b=1", "k=\u{1}", "../x=1", huge.as_str()] {
+            let e = with(bad).err();
+            assert!(
+                e.is_some_and(|e| e.code == Code::InvalidEnvironment),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], input: &str) -> Result<String, 
 /// `helm install` (or `upgrade --install`) of the chart as release [`RELEASE`] in
 /// [`NAMESPACE`], with `--set` style overrides. No `--wait`: the lab has no kubelet, so
 /// the operator's and daemon's pods never run; the lab runs those programs itself.
-pub fn install(kubeconfig: &Path, sets: &[&str]) -> Result<String, LabError> {
+/// `set_strings` are `--set-string` overrides (label values that look like booleans).
+pub fn install(kubeconfig: &Path, sets: &[&str], set_strings: &[&str]) -> Result<String, LabError> {
     let chart = chart_dir().display().to_string();
     let mut args = vec![
         "upgrade",
@@ -87,6 +88,9 @@ pub fn install(kubeconfig: &Path, sets: &[&str]) -> Result<String, LabError> {
     ];
     for s in sets {
         args.extend(["--set", s]);
+    }
+    for s in set_strings {
+        args.extend(["--set-string", s]);
     }
     helm(kubeconfig, &args)
 }

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ControlPlane, ControlPlaneOptions, DetachedControlPlane, LabError, run_ok};
 
+/// The label of the Nodes the lab's default PodNetwork selects.
+pub const LAB_LABEL: &str = "podnet.dev/lab";
+
 /// Where a lab keeps its state by default.
 pub const DEFAULT_STATE_DIR: &str = "/run/podnet-lab";
 
@@ -56,6 +59,9 @@ pub struct LabState {
     pub control_plane: DetachedControlPlane,
     /// podnet-operator's PID.
     pub operator_pid: i32,
+    /// More podnet-operator replicas (standing by for the lease), by PID.
+    #[serde(default)]
+    pub standby_operator_pids: Vec<i32>,
     /// Binaries the lab runs (to check PIDs before signalling them).
     pub bin_dir: PathBuf,
     /// Every namespace the lab made.
@@ -118,6 +124,9 @@ pub async fn up(
     crate::chart::install(
         cp.kubeconfig(),
         &["podNetwork.cidrs={10.244.0.0/16,fd00:10:244::/56}"],
+        // The lab's own nodes (label podnet.dev/lab=true); other nodes a test makes can
+        // be given other PodNetworks.
+        &[r"podNetwork.nodeSelector.matchLabels.podnet\.dev/lab=true"],
     )?;
     progress(
         "control plane, and podnet installed with its Helm chart",
@@ -129,6 +138,7 @@ pub async fn up(
         dir: state_dir.to_path_buf(),
         control_plane: cp.detach(),
         operator_pid: 0,
+        standby_operator_pids: Vec::new(),
         bin_dir: bin_dir.to_path_buf(),
         namespaces: Vec::new(),
         nodes: Vec::new(),
@@ -141,7 +151,8 @@ pub async fn up(
     result.map(|()| state)
 }
 
-fn save(state: &LabState) -> Result<(), LabError> {
+/// Writes the lab's state file (after a change such as a restarted process).
+pub fn save(state: &LabState) -> Result<(), LabError> {
     let path = state.dir.join("state.json");
     let text = serde_json::to_string_pretty(state).map_err(|source| LabError::State {
         path: path.clone(),
@@ -173,27 +184,7 @@ async fn build(
     attach(state, &ext, "ext", "198.18.0.100", "2001:db8:18::100")?;
     progress("lab switch and external host", step.elapsed());
     let step = Instant::now();
-    let operator_kc = crate::chart::service_account_kubeconfig(
-        kubeconfig,
-        crate::chart::NAMESPACE,
-        crate::chart::OPERATOR_SA,
-        None,
-    )?;
-    let env = [
-        ("KUBECONFIG", operator_kc.display().to_string()),
-        ("RUST_LOG", "info".to_string()),
-    ];
-    state.operator_pid = spawn_logged(
-        &state.bin_dir.join("podnet-operator"),
-        &[
-            "--lease-namespace".into(),
-            crate::chart::NAMESPACE.into(),
-            "--ops-addr".into(),
-            "127.0.0.1:0".into(),
-        ],
-        &env,
-        &state.dir.join("operator.log"),
-    )?;
+    state.operator_pid = start_operator(state, "operator-0", kubeconfig)?;
     save(state)?;
     for i in 1..=nodes {
         add_node(state, i).await?;
@@ -208,6 +199,93 @@ async fn build(
     wait_programmed(state, Duration::from_secs(60)).await?;
     progress("every node programmed routes to every peer", step.elapsed());
     Ok(())
+}
+
+/// Starts a podnet-operator replica named `identity` as the chart's service account;
+/// its log is `<identity>.log` in the state dir. Replicas share the Lease
+/// `podnet-operator` (4 s, renewed every 0.5 s, given up after 2.5 s without renewal).
+pub fn start_operator(
+    state: &LabState,
+    identity: &str,
+    admin_kubeconfig: &Path,
+) -> Result<i32, LabError> {
+    let operator_kc = crate::chart::service_account_kubeconfig(
+        admin_kubeconfig,
+        crate::chart::NAMESPACE,
+        crate::chart::OPERATOR_SA,
+        None,
+    )?;
+    let env = [
+        ("KUBECONFIG", operator_kc.display().to_string()),
+        ("RUST_LOG", "info".to_string()),
+        ("POD_NAME", identity.to_string()),
+        ("PODNET_LEASE_DURATION", "4".to_string()),
+        ("PODNET_RENEW_DEADLINE", "2.5".to_string()),
+        ("PODNET_RETRY_PERIOD", "0.5".to_string()),
+    ];
+    let log = if identity == "operator-0" {
+        state.dir.join("operator.log")
+    } else {
+        state.dir.join(format!("{identity}.log"))
+    };
+    spawn_logged(
+        &state.bin_dir.join("podnet-operator"),
+        &[
+            "--lease-namespace".into(),
+            crate::chart::NAMESPACE.into(),
+            "--ops-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+        &env,
+        &log,
+    )
+}
+
+/// Starts (or restarts) `node`'s podnet-daemon; returns its PID. Its log is appended to
+/// `<node>/daemon.log`.
+pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
+    let dir = state.dir.join(&node.name);
+    let args: Vec<String> = [
+        "run",
+        "--node-name",
+        &node.name,
+        "--netns",
+        &format!("/var/run/netns/{}", node.netns),
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--resync",
+        "5",
+        "--cni-conf-dir",
+        &dir.join("net.d").display().to_string(),
+        "--ipam-dir",
+        &dir.join("ipam").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = [
+        ("KUBECONFIG", node.kubeconfig.display().to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
+    let log = dir.join("daemon.log");
+    let out = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(LabError::io("opening", log.clone()))?;
+    let err = out.try_clone().map_err(LabError::io("opening", &log))?;
+    use std::os::unix::process::CommandExt;
+    let bin = state.bin_dir.join("podnet-daemon");
+    let child = Command::new(&bin)
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(LabError::io("starting", bin))?;
+    Ok(child.id() as i32)
 }
 
 /// Waits until every node's NodeRoute says it programmed a route to each peer CIDR
@@ -316,24 +394,6 @@ pub async fn add_node(state: &mut LabState, i: usize) -> Result<LabNode, LabErro
     )?;
     let dir = state.dir.join(&name);
     std::fs::create_dir_all(&dir).map_err(LabError::io("creating", dir.clone()))?;
-    let args: Vec<String> = [
-        "run",
-        "--node-name",
-        &name,
-        "--netns",
-        &format!("/var/run/netns/{netns}"),
-        "--ops-addr",
-        "127.0.0.1:0",
-        "--resync",
-        "5",
-        "--cni-conf-dir",
-        &dir.join("net.d").display().to_string(),
-        "--ipam-dir",
-        &dir.join("ipam").display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     // The daemon authenticates as the chart's podnet-daemon service account, with a
     // token bound to a Pod on its node, as a DaemonSet pod's token is.
     let daemon_kc = crate::chart::service_account_kubeconfig(
@@ -342,23 +402,14 @@ pub async fn add_node(state: &mut LabState, i: usize) -> Result<LabNode, LabErro
         crate::chart::DAEMON_SA,
         Some(&name),
     )?;
-    let env = [
-        ("KUBECONFIG", daemon_kc.display().to_string()),
-        ("RUST_LOG", "info".to_string()),
-    ];
-    let daemon_pid = spawn_logged(
-        &state.bin_dir.join("podnet-daemon"),
-        &args,
-        &env,
-        &dir.join("daemon.log"),
-    )?;
-    let node = LabNode {
+    let mut node = LabNode {
         name: name.clone(),
         netns: netns.clone(),
         ips: vec![v4, v6],
-        daemon_pid,
+        daemon_pid: 0,
         kubeconfig: daemon_kc,
     };
+    node.daemon_pid = spawn_daemon(state, &node)?;
     state.nodes.push(node.clone());
     save(state)?;
     let conf = dir.join("net.d/10-podnet.conflist");
@@ -452,17 +503,7 @@ pub fn cni(
     command: &str,
     pod_netns: &str,
 ) -> Result<serde_json::Value, LabError> {
-    let conflist_path = state.dir.join(&node.name).join("net.d/10-podnet.conflist");
-    let text = std::fs::read_to_string(&conflist_path)
-        .map_err(LabError::io("reading", conflist_path.clone()))?;
-    let conflist: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| LabError::State {
-            path: conflist_path,
-            source,
-        })?;
-    let mut conf = conflist["plugins"][0].clone();
-    conf["name"] = conflist["name"].clone();
-    conf["cniVersion"] = conflist["cniVersion"].clone();
+    let conf = plugin_conf(state, node)?;
     let bin = state.bin_dir.join("podnet-cni");
     let out = crate::output_with_input(
         Command::new("ip")
@@ -484,6 +525,23 @@ pub fn cni(
         });
     }
     Ok(serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null))
+}
+
+/// The plugin configuration a runtime passes podnet-cni on `node`: the first entry of
+/// the conflist the node's daemon wrote, with the list's name and version.
+pub fn plugin_conf(state: &LabState, node: &LabNode) -> Result<serde_json::Value, LabError> {
+    let conflist_path = state.dir.join(&node.name).join("net.d/10-podnet.conflist");
+    let text = std::fs::read_to_string(&conflist_path)
+        .map_err(LabError::io("reading", conflist_path.clone()))?;
+    let conflist: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| LabError::State {
+            path: conflist_path,
+            source,
+        })?;
+    let mut conf = conflist["plugins"][0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    Ok(conf)
 }
 
 /// Creates a pod namespace on `node` and wires it with podnet-cni.
@@ -565,7 +623,8 @@ fn owns(pid: i32, bin: &Path) -> bool {
             .is_ok_and(|e| std::fs::canonicalize(bin).is_ok_and(|b| b == e))
 }
 
-fn stop(pid: i32, bin: &Path) {
+/// Stops `pid` (SIGTERM, then SIGKILL after 10 s) if it still runs `bin`.
+pub fn stop(pid: i32, bin: &Path) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     if !owns(pid, bin) {
@@ -582,6 +641,9 @@ fn stop(pid: i32, bin: &Path) {
 /// Removes every process, namespace and file the lab created.
 pub fn down(state: &LabState) {
     stop(state.operator_pid, &state.bin_dir.join("podnet-operator"));
+    for pid in &state.standby_operator_pids {
+        stop(*pid, &state.bin_dir.join("podnet-operator"));
+    }
     for n in &state.nodes {
         stop(n.daemon_pid, &state.bin_dir.join("podnet-daemon"));
     }
@@ -619,7 +681,7 @@ pub async fn measure_convergence(
     for k in 0..samples {
         let name = format!("probe-{k}");
         let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": name}}),
+            serde_json::json!({"metadata": {"name": name, "labels": {LAB_LABEL: "true"}}}),
         )
         .map_err(|source| LabError::State {
             path: name.clone().into(),

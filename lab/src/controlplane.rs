@@ -74,6 +74,12 @@ pub struct DetachedControlPlane {
     pub etcd_bin: PathBuf,
     /// See `etcd_bin`.
     pub apiserver_bin: PathBuf,
+    /// etcd's command line, to restart it.
+    #[serde(default)]
+    pub etcd_args: Vec<String>,
+    /// kube-apiserver's command line, to restart it.
+    #[serde(default)]
+    pub apiserver_args: Vec<String>,
 }
 
 impl ControlPlane {
@@ -224,6 +230,8 @@ impl ControlPlane {
             apiserver_pid: pid(&self.apiserver),
             etcd_bin: self.tools.etcd.clone(),
             apiserver_bin: self.tools.kube_apiserver.clone(),
+            etcd_args: self.etcd_args(),
+            apiserver_args: self.apiserver_args(),
         };
         // The children are not ours to stop any more.
         self.etcd = None;
@@ -254,9 +262,15 @@ impl ControlPlane {
     }
 
     fn start_etcd(&mut self) -> Result<(), LabError> {
+        let args = self.etcd_args();
+        self.etcd = Some(self.spawn(&self.tools.etcd, &args, "etcd.log")?);
+        Ok(())
+    }
+
+    fn etcd_args(&self) -> Vec<String> {
         let client = format!("http://127.0.0.1:{}", self.etcd_client_port);
         let peer = format!("http://127.0.0.1:{}", self.etcd_peer_port);
-        let args = vec![
+        vec![
             "--name=podnet-lab".to_string(),
             format!("--data-dir={}", self.dir.join("etcd").display()),
             format!("--listen-client-urls={client}"),
@@ -266,14 +280,19 @@ impl ControlPlane {
             format!("--initial-cluster=podnet-lab={peer}"),
             "--logger=zap".to_string(),
             "--log-level=warn".to_string(),
-        ];
-        self.etcd = Some(self.spawn(&self.tools.etcd, &args, "etcd.log")?);
-        Ok(())
+        ]
     }
 
     fn start_apiserver(&mut self) -> Result<(), LabError> {
+        let args = self.apiserver_args();
+        self.apiserver =
+            Some(self.spawn(&self.tools.kube_apiserver, &args, "kube-apiserver.log")?);
+        Ok(())
+    }
+
+    fn apiserver_args(&self) -> Vec<String> {
         let p = |path: &Path| path.display().to_string();
-        let args = vec![
+        vec![
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_client_port),
             format!("--bind-address={}", self.opts.bind),
             format!("--advertise-address={}", self.opts.bind),
@@ -291,10 +310,7 @@ impl ControlPlane {
             // No kubelets or proxies exist to use an endpoint for the API server itself.
             "--endpoint-reconciler-type=none".to_string(),
             "--profiling=false".to_string(),
-        ];
-        self.apiserver =
-            Some(self.spawn(&self.tools.kube_apiserver, &args, "kube-apiserver.log")?);
-        Ok(())
+        ]
     }
 
     fn write_kubeconfig(&self) -> Result<(), LabError> {
@@ -443,6 +459,86 @@ impl DetachedControlPlane {
         owns_pid(self.etcd_pid, &self.etcd_bin) && owns_pid(self.apiserver_pid, &self.apiserver_bin)
     }
 
+    /// Stops etcd (SIGTERM) and starts it again on the same data and ports, then waits
+    /// until the API server is ready: an etcd restart as kube-apiserver sees it.
+    pub async fn restart_etcd(&mut self) -> Result<(), LabError> {
+        stop_pid(self.etcd_pid, &self.etcd_bin);
+        self.etcd_pid = self.respawn(&self.etcd_bin, &self.etcd_args, "etcd.log")?;
+        self.wait_ready().await
+    }
+
+    /// Stops kube-apiserver (SIGTERM) and starts it again with the same flags, then
+    /// waits until it is ready.
+    pub async fn restart_apiserver(&mut self) -> Result<(), LabError> {
+        stop_pid(self.apiserver_pid, &self.apiserver_bin);
+        self.apiserver_pid = self.respawn(
+            &self.apiserver_bin,
+            &self.apiserver_args,
+            "kube-apiserver.log",
+        )?;
+        self.wait_ready().await
+    }
+
+    fn respawn(&self, program: &Path, args: &[String], log_name: &str) -> Result<i32, LabError> {
+        if args.is_empty() {
+            return Err(LabError::NotReady {
+                component: "control plane",
+                reason: "this record has no command lines to restart from".into(),
+                tail: String::new(),
+                log: self.dir.join(log_name),
+            });
+        }
+        let log_path = self.dir.join(log_name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(LabError::io("opening", log_path.clone()))?;
+        let err_log = log.try_clone().map_err(LabError::io("opening", log_path))?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .current_dir(&self.dir)
+            .process_group(0)
+            .spawn()
+            .map_err(LabError::io("starting", program))?;
+        Ok(child.id() as i32)
+    }
+
+    async fn wait_ready(&self) -> Result<(), LabError> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| LabError::NotReady {
+                    component: "kube-apiserver",
+                    reason: e.to_string(),
+                    tail: String::new(),
+                    log: self.dir.join("kube-apiserver.log"),
+                })?;
+            if let Ok(Ok(body)) =
+                tokio::time::timeout(Duration::from_secs(2), client.request_text(req)).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self_not_ready(
+                    &self.dir,
+                    "kube-apiserver",
+                    format!("/readyz not ok {READY_TIMEOUT:?} after a restart"),
+                    "kube-apiserver.log",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops both processes (only if each PID still runs the binary we started) and
     /// removes the directory.
     pub fn stop(&self) {
@@ -462,6 +558,26 @@ impl DetachedControlPlane {
             let _ = kill(pid, Signal::SIGKILL);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM to `pid` if it still runs `bin`, SIGKILL after the grace period; returns when
+/// it is gone (or a zombie: its parent reaps it).
+fn stop_pid(pid: i32, bin: &Path) {
+    if !owns_pid(pid, bin) {
+        return;
+    }
+    let p = Pid::from_raw(pid);
+    let _ = kill(p, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && owns_pid(pid, bin) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if owns_pid(pid, bin) {
+        let _ = kill(p, Signal::SIGKILL);
+        while owns_pid(pid, bin) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

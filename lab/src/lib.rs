@@ -10,6 +10,7 @@ pub mod chart;
 pub mod cluster;
 pub(crate) mod controlplane;
 mod error;
+pub mod invariants;
 mod runtime_dir;
 pub mod testing;
 mod tools;
@@ -35,7 +36,7 @@ pub fn run_ok(args: &[&str]) -> Result<String, LabError> {
 }
 
 /// Runs `cmd` with `input` on its standard input and collects its output.
-pub(crate) fn output_with_input(
+pub fn output_with_input(
     cmd: &mut std::process::Command,
     input: &str,
 ) -> std::io::Result<std::process::Output> {

@@ -571,6 +571,7 @@ async fn rbac_is_least_privilege(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     chart::install(
         kc,
         &["podNetwork.name=rbac", "podNetwork.cidrs={10.70.0.0/16}"],
+        &[],
     )?;
     let ns = chart::NAMESPACE;
     for n in ["rbac-a", "rbac-b"] {
