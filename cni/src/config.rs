@@ -120,8 +120,16 @@ impl Env {
             None => return Err(bad("CNI_COMMAND", "CNI_COMMAND is not set".into())),
         };
         let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
-        let container_id = get("CNI_CONTAINERID").unwrap_or_default();
-        let ifname = get("CNI_IFNAME").unwrap_or_default();
+        // Only the attachment verbs use (and validate) these; the others ignore whatever a
+        // runtime sets, so nothing unvalidated is ever carried along.
+        let (container_id, ifname) = if needs_attachment {
+            (
+                get("CNI_CONTAINERID").unwrap_or_default(),
+                get("CNI_IFNAME").unwrap_or_default(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let netns = get("CNI_NETNS")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
@@ -427,6 +435,22 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Env::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn verbs_without_an_attachment_carry_no_container_id() {
+        // Found by the cni_env fuzz target: GC kept an unvalidated CNI_CONTAINERID.
+        for cmd in ["GC", "STATUS", "VERSION"] {
+            let e = env(&[
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", "../../etc"),
+                ("CNI_IFNAME", "a/b"),
+            ]);
+            assert!(
+                e.is_ok_and(|e| e.container_id.is_empty() && e.ifname.is_empty()),
+                "{cmd}"
+            );
+        }
     }
 
     #[test]
