@@ -123,7 +123,9 @@ fn main() -> std::process::ExitCode {
     }
     let rows = suite.rows.lock().map(|r| r.clone()).unwrap_or_default();
     if !rows.is_empty() {
-        println!("\n| scenario | result | after it (invariants) |\n| --- | --- | --- |");
+        println!(
+            "\n| scenario | what was checked | result | reproduce |\n| --- | --- | --- | --- |"
+        );
         for r in rows {
             println!("{r}");
         }
@@ -156,10 +158,13 @@ fn run_scenario(suite: &Suite, name: &str, what: &str, f: Scenario) -> Result<()
         anyhow::Ok((detail, report))
     });
     let took = started.elapsed().as_secs_f64();
+    let reproduce = format!("`cargo test -p podnet-lab --test faults -- {name}`");
     let row = match &outcome {
-        Ok((detail, report)) => format!("| {what} | pass ({took:.0} s): {detail} | {report} |"),
+        Ok((detail, report)) => {
+            format!("| {what} | {detail}; then: {report} | pass ({took:.0} s) | {reproduce} |")
+        }
         Err(e) => format!(
-            "| {what} | **FAIL** ({took:.0} s): {} | |",
+            "| {what} | {} | **FAIL** ({took:.0} s) | {reproduce} |",
             format!("{e:#}").replace('\n', " ")
         ),
     };
