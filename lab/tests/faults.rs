@@ -66,7 +66,7 @@ fn main() -> std::process::ExitCode {
         ),
         (
             "daemon_killed_mid_sync_and_state_deleted_by_hand",
-            "podnet-daemon SIGKILLed mid-sync and restarted; routes and PODNET-MASQ deleted by hand",
+            "podnet-daemon SIGKILLed mid-sync and restarted; routes and the PODNET-MASQ chain and hook deleted by hand",
             scenario!(daemon_faults),
         ),
         (
@@ -678,18 +678,18 @@ async fn daemon_faults(state: &mut LabState) -> anyhow::Result<String> {
     run_ok(&[
         "ip", "-n", &n2.netns, "-6", "route", "flush", "proto", "233",
     ])?;
-    for tool in ["iptables", "ip6tables"] {
-        let _ = run_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &n2.netns,
-            tool,
-            "-t",
-            "nat",
-            "-F",
-            "PODNET-MASQ",
-        ]);
+    // The whole masquerade setup goes, hook and chain, in one transaction per family (the
+    // node's daemon is running and may repair it at any moment).
+    for tool in ["iptables-restore", "ip6tables-restore"] {
+        let out = podnet_lab::output_with_input(
+            std::process::Command::new("ip").args(["netns", "exec", &n2.netns, tool, "--noflush"]),
+            "*nat\n-D POSTROUTING -m comment --comment \"podnet masquerade\" -j PODNET-MASQ\n-F PODNET-MASQ\n-X PODNET-MASQ\nCOMMIT\n",
+        )?;
+        ensure!(
+            out.status.success(),
+            "{tool}: removing the masquerade setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // A rolling update stops a daemon gracefully: its node keeps forwarding meanwhile.
     let n3 = state.nodes[2].clone();
@@ -734,7 +734,7 @@ async fn daemon_faults(state: &mut LabState) -> anyhow::Result<String> {
     );
     delete_nodes(&client, &burst).await?;
     Ok(format!(
-        "killed with {seen} IPv4 podnet routes in its kernel (2 before the burst of 40 peers); the restarted daemon and node-2's resync restored every route and the PODNET-MASQ rules in {:.1} s (resync 5 s); node-3's pods kept forwarding while its daemon was stopped (SIGTERM, as in a rolling update) and restarted",
+        "killed with {seen} IPv4 podnet routes in its kernel (2 before the burst of 40 peers); the restarted daemon and node-2's resync restored every route, the PODNET-MASQ chain, its rules and its POSTROUTING hook in {:.1} s (resync 5 s); node-3's pods kept forwarding while its daemon was stopped (SIGTERM, as in a rolling update) and restarted",
         repaired.as_secs_f64()
     ))
 }
