@@ -470,7 +470,18 @@ impl DetachedControlPlane {
     /// Stops kube-apiserver (SIGTERM) and starts it again with the same flags, then
     /// waits until it is ready.
     pub async fn restart_apiserver(&mut self) -> Result<(), LabError> {
+        self.stop_apiserver();
+        self.start_apiserver().await
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL after the grace period): an outage.
+    pub fn stop_apiserver(&mut self) {
         stop_pid(self.apiserver_pid, &self.apiserver_bin);
+        self.apiserver_pid = 0;
+    }
+
+    /// Starts kube-apiserver again with the same flags and waits until it is ready.
+    pub async fn start_apiserver(&mut self) -> Result<(), LabError> {
         self.apiserver_pid = self.respawn(
             &self.apiserver_bin,
             &self.apiserver_args,

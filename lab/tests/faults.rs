@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
         ),
         (
             "apiserver_and_etcd_restarts",
-            "kube-apiserver restarted, then etcd restarted, under a running lab",
+            "kube-apiserver down then restarted, then etcd restarted, under a running lab",
             scenario!(control_plane_restarts),
         ),
         (
@@ -605,9 +605,37 @@ async fn probe_node(state: &LabState, name: &str, last_octet: usize) -> anyhow::
 }
 
 async fn control_plane_restarts(state: &mut LabState) -> anyhow::Result<String> {
+    // Losing the API server never tears down the dataplane: while it is down (longer
+    // than the daemons' 5 s resync), routes and masquerade rules stay and pods keep
+    // talking.
+    let before: Vec<(String, Vec<String>)> = state
+        .nodes
+        .iter()
+        .map(|n| Ok((n.netns.clone(), kernel_state(&n.netns)?)))
+        .collect::<anyhow::Result<_>>()?;
     let t = Instant::now();
-    state.control_plane.restart_apiserver().await?;
+    state.control_plane.stop_apiserver();
     cluster::save(state)?;
+    let outage = async {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (ns, want) in &before {
+            ensure!(
+                kernel_state(ns)? == *want,
+                "{ns}: routes or masquerade rules changed while the API server was down"
+            );
+        }
+        let (m, ok, total) = cluster::matrix(state);
+        ensure!(
+            ok == total,
+            "with the API server down, {} of {total} paths failed:\n{m}",
+            total - ok
+        );
+        anyhow::Ok(total)
+    }
+    .await;
+    state.control_plane.start_apiserver().await?;
+    cluster::save(state)?;
+    let paths_during_outage = outage?;
     let api_restart = t.elapsed();
     probe_node(state, "after-apiserver", 150).await?;
     let t = Instant::now();
@@ -620,10 +648,24 @@ async fn control_plane_restarts(state: &mut LabState) -> anyhow::Result<String> 
         ensure!(alive(n.daemon_pid), "{}'s podnet-daemon exited", n.name);
     }
     Ok(format!(
-        "API server back in {:.1} s, etcd in {:.1} s; operator and daemons kept running; a node added after each restart was allocated and routed on every node",
+        "API server down for {:.1} s: routes and masquerade rules untouched on every node and all {paths_during_outage} paths reachable meanwhile; etcd restarted in {:.1} s; operator and daemons kept running; a node added after each restart was allocated and routed on every node",
         api_restart.as_secs_f64(),
         etcd_restart.as_secs_f64()
     ))
+}
+
+/// A node's podnet routes (both families) and masquerade rules, sorted.
+fn kernel_state(netns: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = masq_rules(netns)?;
+    for fam in ["-4", "-6"] {
+        out.extend(
+            run_ok(&["ip", fam, "-n", netns, "route", "show", "proto", "233"])?
+                .lines()
+                .map(String::from),
+        );
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn masq_rules(netns: &str) -> anyhow::Result<Vec<String>> {
