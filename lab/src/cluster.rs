@@ -86,19 +86,7 @@ fn spawn_logged(
     env: &[(&str, String)],
     log: &Path,
 ) -> Result<i32, LabError> {
-    let out = std::fs::File::create(log).map_err(LabError::io("creating", log))?;
-    let err = out.try_clone().map_err(LabError::io("opening", log))?;
-    use std::os::unix::process::CommandExt;
-    let child = Command::new(bin)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(LabError::io("starting", bin))?;
-    Ok(child.id() as i32)
+    Ok(crate::spawn_logged(bin, args, env, log, None, true)?.id() as i32)
 }
 
 /// Brings up a lab of `nodes` nodes with two pods each; every namespace name starts with
@@ -267,25 +255,12 @@ pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
         ("KUBECONFIG", node.kubeconfig.display().to_string()),
         ("RUST_LOG", "info".to_string()),
     ];
-    let log = dir.join("daemon.log");
-    let out = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(LabError::io("opening", log.clone()))?;
-    let err = out.try_clone().map_err(LabError::io("opening", &log))?;
-    use std::os::unix::process::CommandExt;
-    let bin = state.bin_dir.join("podnet-daemon");
-    let child = Command::new(&bin)
-        .args(&args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(LabError::io("starting", bin))?;
-    Ok(child.id() as i32)
+    spawn_logged(
+        &state.bin_dir.join("podnet-daemon"),
+        &args,
+        &env,
+        &dir.join("daemon.log"),
+    )
 }
 
 /// Waits until every node's NodeRoute says it programmed a route to each peer CIDR

@@ -1,8 +1,6 @@
 //! etcd + kube-apiserver on loopback, started and stopped as one unit.
 
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -241,24 +239,14 @@ impl ControlPlane {
     }
 
     fn spawn(&self, program: &Path, args: &[String], log_name: &str) -> Result<Child, LabError> {
-        let log_path = self.dir.join(log_name);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(LabError::io("opening", log_path.clone()))?;
-        let err_log = log.try_clone().map_err(LabError::io("opening", log_path))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .current_dir(&self.dir);
-        if self.opts.detachable {
-            // Own process group: a Ctrl-C aimed at the starter does not reach the server.
-            cmd.process_group(0);
-        }
-        cmd.spawn().map_err(LabError::io("starting", program))
+        crate::spawn_logged(
+            program,
+            args,
+            &[],
+            &self.dir.join(log_name),
+            Some(&self.dir),
+            self.opts.detachable,
+        )
     }
 
     fn start_etcd(&mut self) -> Result<(), LabError> {
@@ -345,19 +333,9 @@ impl ControlPlane {
                     ));
                 }
             }
-            let req = http::Request::get("/readyz")
-                .body(Vec::new())
-                .map_err(|e| LabError::Command {
-                    command: "GET /readyz".into(),
-                    stderr: e.to_string(),
-                })?;
-            let last = match tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
-                .await
-            {
-                Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
-                Ok(Ok(body)) => body,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "GET /readyz timed out".into(),
+            let last = match readyz(&client).await {
+                Ok(()) => return Ok(()),
+                Err(last) => last,
             };
             if Instant::now() > deadline {
                 return Err(self_not_ready(
@@ -499,22 +477,14 @@ impl DetachedControlPlane {
                 log: self.dir.join(log_name),
             });
         }
-        let log_path = self.dir.join(log_name);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(LabError::io("opening", log_path.clone()))?;
-        let err_log = log.try_clone().map_err(LabError::io("opening", log_path))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .current_dir(&self.dir)
-            .process_group(0)
-            .spawn()
-            .map_err(LabError::io("starting", program))?;
+        let child = crate::spawn_logged(
+            program,
+            args,
+            &[],
+            &self.dir.join(log_name),
+            Some(&self.dir),
+            true,
+        )?;
         Ok(child.id() as i32)
     }
 
@@ -524,25 +494,15 @@ impl DetachedControlPlane {
         let client = kube::Client::try_from(config)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let req = http::Request::get("/readyz")
-                .body(Vec::new())
-                .map_err(|e| LabError::NotReady {
-                    component: "kube-apiserver",
-                    reason: e.to_string(),
-                    tail: String::new(),
-                    log: self.dir.join("kube-apiserver.log"),
-                })?;
-            if let Ok(Ok(body)) =
-                tokio::time::timeout(Duration::from_secs(2), client.request_text(req)).await
-                && body.trim() == "ok"
-            {
-                return Ok(());
-            }
+            let last = match readyz(&client).await {
+                Ok(()) => return Ok(()),
+                Err(last) => last,
+            };
             if Instant::now() > deadline {
                 return Err(self_not_ready(
                     &self.dir,
                     "kube-apiserver",
-                    format!("/readyz not ok {READY_TIMEOUT:?} after a restart"),
+                    format!("/readyz not ok {READY_TIMEOUT:?} after a restart: {last}"),
                     "kube-apiserver.log",
                 ));
             }
@@ -553,22 +513,22 @@ impl DetachedControlPlane {
     /// Stops both processes (only if each PID still runs the binary we started) and
     /// removes the directory.
     pub fn stop(&self) {
-        for (pid, bin) in [
-            (self.apiserver_pid, &self.apiserver_bin),
-            (self.etcd_pid, &self.etcd_bin),
-        ] {
-            if !owns_pid(pid, bin) {
-                continue;
-            }
-            let pid = Pid::from_raw(pid);
-            let _ = kill(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline && kill(pid, None).is_ok() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = kill(pid, Signal::SIGKILL);
-        }
+        stop_pid(self.apiserver_pid, &self.apiserver_bin);
+        stop_pid(self.etcd_pid, &self.etcd_bin);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One GET /readyz (5 s at most): `Ok` when the API server says ok, else what it said.
+async fn readyz(client: &kube::Client) -> Result<(), String> {
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+        Ok(Ok(body)) => Err(body),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("GET /readyz timed out".into()),
     }
 }
 
@@ -586,7 +546,8 @@ fn stop_pid(pid: i32, bin: &Path) {
     }
     if owns_pid(pid, bin) {
         let _ = kill(p, Signal::SIGKILL);
-        while owns_pid(pid, bin) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while owns_pid(pid, bin) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -35,6 +35,38 @@ pub fn run_ok(args: &[&str]) -> Result<String, LabError> {
     }
 }
 
+/// Starts `program` with `args` and `env`, its stdout and stderr appended to `log`, in its
+/// own process group when `own_group` (a Ctrl-C aimed at the starter does not reach it).
+pub(crate) fn spawn_logged(
+    program: &std::path::Path,
+    args: &[String],
+    env: &[(&str, String)],
+    log: &std::path::Path,
+    cwd: Option<&std::path::Path>,
+    own_group: bool,
+) -> Result<std::process::Child, LabError> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(LabError::io("opening", log))?;
+    let err = out.try_clone().map_err(LabError::io("opening", log))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    if own_group {
+        cmd.process_group(0);
+    }
+    cmd.spawn().map_err(LabError::io("starting", program))
+}
+
 /// Runs `cmd` with `input` on its standard input and collects its output.
 pub fn output_with_input(
     cmd: &mut std::process::Command,

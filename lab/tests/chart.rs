@@ -292,6 +292,40 @@ async fn lint_and_template(_cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The names of a release's objects: in `namespace` (workloads, accounts, roles, PDB), or
+/// cluster-scoped (roles, bindings, admission policy, PodNetwork) when `None`.
+fn release_objects(kc: &Path, namespace: Option<&str>, selector: &str) -> anyhow::Result<String> {
+    let out = match namespace {
+        Some(ns) => kubectl(
+            kc,
+            &[
+                "-n",
+                ns,
+                "get",
+                "deploy,ds,sa,role,rolebinding,pdb",
+                "-l",
+                selector,
+                "-o",
+                "name",
+            ],
+            "",
+        )?,
+        None => kubectl(
+            kc,
+            &[
+                "get",
+                "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding,pn",
+                "-l",
+                selector,
+                "-o",
+                "name",
+            ],
+            "",
+        )?,
+    };
+    Ok(out)
+}
+
 async fn install_upgrade_uninstall(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let kc = cp.kubeconfig();
     let dir = chart::chart_dir().display().to_string();
@@ -317,20 +351,7 @@ async fn install_upgrade_uninstall(cp: Arc<ControlPlane>) -> anyhow::Result<()> 
         install.contains("kubectl get pn,nr"),
         "NOTES tell what to check: {install}"
     );
-    let deploys = kubectl(
-        kc,
-        &[
-            "-n",
-            ns,
-            "get",
-            "deploy,ds,sa,role,rolebinding,pdb",
-            "-l",
-            &sel,
-            "-o",
-            "name",
-        ],
-        "",
-    )?;
+    let deploys = release_objects(kc, Some(ns), &sel)?;
     for want in [
         "deployment.apps/upg-podnet-operator",
         "daemonset.apps/upg-podnet-daemon",
@@ -344,18 +365,7 @@ async fn install_upgrade_uninstall(cp: Arc<ControlPlane>) -> anyhow::Result<()> 
             "{want} not created: {deploys}"
         );
     }
-    let cluster = kubectl(
-        kc,
-        &[
-            "get",
-            "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding,pn",
-            "-l",
-            &sel,
-            "-o",
-            "name",
-        ],
-        "",
-    )?;
+    let cluster = release_objects(kc, None, &sel)?;
     ensure!(
         cluster.lines().count() == 9,
         "cluster-scoped objects: {cluster}"
@@ -457,33 +467,9 @@ async fn install_upgrade_uninstall(cp: Arc<ControlPlane>) -> anyhow::Result<()> 
     // Uninstall: nothing cluster-scoped is left but the CRDs (helm never deletes CRDs,
     // so the allocation record survives a reinstall).
     helm(kc, &["uninstall", release, "--namespace", ns])?;
-    let left = kubectl(
-        kc,
-        &[
-            "get",
-            "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding,pn",
-            "-l",
-            &sel,
-            "-o",
-            "name",
-        ],
-        "",
-    )?;
+    let left = release_objects(kc, None, &sel)?;
     ensure!(left.trim().is_empty(), "left after uninstall: {left}");
-    let left = kubectl(
-        kc,
-        &[
-            "-n",
-            ns,
-            "get",
-            "deploy,ds,sa,role,rolebinding,pdb",
-            "-l",
-            &sel,
-            "-o",
-            "name",
-        ],
-        "",
-    )?;
+    let left = release_objects(kc, Some(ns), &sel)?;
     ensure!(left.trim().is_empty(), "left after uninstall: {left}");
     let crds = kubectl(
         kc,
