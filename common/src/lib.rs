@@ -9,7 +9,7 @@ mod watch;
 pub use flags::{FlagError, Flags};
 pub use http::{Health, serve_ops};
 pub use logging::{LogFormat, init_logging};
-pub use watch::{spawn_reflector, strip_managed_fields};
+pub use watch::{WatchBackoff, spawn_reflector, strip_managed_fields};
 
 /// Resolves once SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
