@@ -638,9 +638,7 @@ pub async fn measure_convergence(
 ) -> Result<Vec<Duration>, LabError> {
     use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
     use podnet_netlink::{Netlink, RouteFilter};
-    let kubeconfig = kube::config::Kubeconfig::read_from(&state.control_plane.kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = crate::client_from_kubeconfig(&state.control_plane.kubeconfig).await?;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let nrs: Api<podnet_crds::NodeRoute> = Api::all(client);
     let mut sockets: Vec<Netlink> = state

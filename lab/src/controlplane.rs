@@ -164,9 +164,7 @@ impl ControlPlane {
 
     /// A kube client authenticated as the admin.
     pub async fn client(&self) -> Result<kube::Client, LabError> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        crate::client_from_kubeconfig(&self.kubeconfig).await
     }
 
     /// Runs kubectl against this control plane as the admin and returns its output.
@@ -316,37 +314,22 @@ impl ControlPlane {
 
     async fn wait_ready(&mut self) -> Result<(), LabError> {
         let client = self.client().await?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
+        let dir = self.dir.clone();
+        let (etcd, apiserver) = (&mut self.etcd, &mut self.apiserver);
+        wait_ready_with(&client, &dir, || {
             for (component, child, log) in [
-                ("etcd", &mut self.etcd, "etcd.log"),
-                ("kube-apiserver", &mut self.apiserver, "kube-apiserver.log"),
+                ("etcd", &mut *etcd, "etcd.log"),
+                ("kube-apiserver", &mut *apiserver, "kube-apiserver.log"),
             ] {
                 if let Some(c) = child
                     && let Ok(Some(status)) = c.try_wait()
                 {
-                    return Err(self_not_ready(
-                        &self.dir,
-                        component,
-                        format!("exited with {status}"),
-                        log,
-                    ));
+                    return Some((component, format!("exited with {status}"), log));
                 }
             }
-            let last = match readyz(&client).await {
-                Ok(()) => return Ok(()),
-                Err(last) => last,
-            };
-            if Instant::now() > deadline {
-                return Err(self_not_ready(
-                    &self.dir,
-                    "kube-apiserver",
-                    format!("/readyz not ok after {READY_TIMEOUT:?}: {last}"),
-                    "kube-apiserver.log",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            None
+        })
+        .await
     }
 }
 
@@ -489,25 +472,8 @@ impl DetachedControlPlane {
     }
 
     async fn wait_ready(&self) -> Result<(), LabError> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        let client = kube::Client::try_from(config)?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let last = match readyz(&client).await {
-                Ok(()) => return Ok(()),
-                Err(last) => last,
-            };
-            if Instant::now() > deadline {
-                return Err(self_not_ready(
-                    &self.dir,
-                    "kube-apiserver",
-                    format!("/readyz not ok {READY_TIMEOUT:?} after a restart: {last}"),
-                    "kube-apiserver.log",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let client = crate::client_from_kubeconfig(&self.kubeconfig).await?;
+        wait_ready_with(&client, &self.dir, || None).await
     }
 
     /// Stops both processes (only if each PID still runs the binary we started) and
@@ -516,6 +482,34 @@ impl DetachedControlPlane {
         stop_pid(self.apiserver_pid, &self.apiserver_bin);
         stop_pid(self.etcd_pid, &self.etcd_bin);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls /readyz until the API server is ready; fails when `exited` names a process
+/// that died (component, reason, log file) or after [`READY_TIMEOUT`].
+async fn wait_ready_with(
+    client: &kube::Client,
+    dir: &Path,
+    mut exited: impl FnMut() -> Option<(&'static str, String, &'static str)>,
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some((component, reason, log)) = exited() {
+            return Err(self_not_ready(dir, component, reason, log));
+        }
+        let last = match readyz(client).await {
+            Ok(()) => return Ok(()),
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            return Err(self_not_ready(
+                dir,
+                "kube-apiserver",
+                format!("/readyz not ok after {READY_TIMEOUT:?}: {last}"),
+                "kube-apiserver.log",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -240,7 +240,5 @@ pub async fn check(state: &LabState, connectivity: bool) -> Result<Report, Strin
 
 /// A client authenticated as the lab's admin.
 pub async fn admin_client(state: &LabState) -> Result<kube::Client, LabError> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&state.control_plane.kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    crate::client_from_kubeconfig(&state.control_plane.kubeconfig).await
 }

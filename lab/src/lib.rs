@@ -35,6 +35,13 @@ pub fn run_ok(args: &[&str]) -> Result<String, LabError> {
     }
 }
 
+/// A kube client for whoever `path` (a kubeconfig) authenticates.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, LabError> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// Starts `program` with `args` and `env`, its stdout and stderr appended to `log`, in its
 /// own process group when `own_group` (a Ctrl-C aimed at the starter does not reach it).
 pub(crate) fn spawn_logged(

@@ -488,12 +488,7 @@ async fn install_upgrade_uninstall(cp: Arc<ControlPlane>) -> anyhow::Result<()> 
 }
 
 async fn client_for(kc: &Path) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kc)?,
-        &Default::default(),
-    )
-    .await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(podnet_lab::client_from_kubeconfig(kc).await?)
 }
 
 /// A server-side apply patch as podnet-daemon sends it.
