@@ -281,7 +281,29 @@ async fn allocates_many(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let mut op = OperatorProc::start_with_ops(&cp, "solo", &format!("127.0.0.1:{port}"))?;
     let nodes = names("node", 0..120);
     create_nodes(&client, &nodes, &BTreeMap::new()).await?;
-    let nrs = wait_allocated(&client, &nodes, 2, Duration::from_secs(60)).await?;
+    wait_allocated(&client, &nodes, 2, Duration::from_secs(60)).await?;
+    // A node's addresses arrive in a second write (as a kubelet's do), possibly after
+    // its CIDRs were allocated: nodeIPs must follow within a few seconds.
+    let nrs = wait_for(
+        "every NodeRoute to carry its node's addresses",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            let nodes = nodes.clone();
+            async move {
+                let nrs = Api::<NodeRoute>::all(client)
+                    .list(&ListParams::default())
+                    .await?
+                    .items;
+                let complete = nrs
+                    .iter()
+                    .filter(|n| nodes.contains(&n.name_any()))
+                    .all(|n| n.status.as_ref().is_some_and(|s| s.node_ips.len() == 2));
+                Ok(complete.then_some(nrs))
+            }
+        },
+    )
+    .await?;
     no_overlaps(&client).await?;
     for nr in nrs.iter().filter(|n| nodes.contains(&n.name_any())) {
         let name = nr.name_any();
