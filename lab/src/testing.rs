@@ -178,6 +178,25 @@ fn fail_all(args: &Arguments, tests: Vec<ApiTest>, reason: &str) -> ExitCode {
     libtest_mimic::run(args, trials).exit_code()
 }
 
+/// The workspace's debug binaries (podnet-operator, podnet-daemon, podnet-cni), built by
+/// `cargo test --workspace` next to the running test binary; an error names what is
+/// missing.
+pub fn workspace_bins() -> Result<PathBuf, String> {
+    let bin_dir: PathBuf = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    for b in ["podnet-operator", "podnet-daemon", "podnet-cni"] {
+        if !bin_dir.join(b).is_file() {
+            return Err(format!(
+                "{b} missing in {}: run the workspace tests (cargo test --workspace)",
+                bin_dir.display()
+            ));
+        }
+    }
+    Ok(bin_dir)
+}
+
 /// Fails unless the process runs as root, naming what needs it.
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     if nix::unistd::Uid::effective().is_root() {

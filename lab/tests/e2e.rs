@@ -76,18 +76,7 @@ fn lab_datapath_end_to_end() {
         nix::unistd::Uid::effective().is_root(),
         "the lab end-to-end test needs root (network namespaces)"
     );
-    // The workspace's debug binaries, built by `cargo test --workspace` next to this test.
-    let bin_dir: PathBuf = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent()?.parent().map(PathBuf::from))
-        .unwrap_or_default();
-    for b in ["podnet-operator", "podnet-daemon", "podnet-cni"] {
-        assert!(
-            bin_dir.join(b).is_file(),
-            "{b} missing in {}: run the workspace tests (cargo test --workspace)",
-            bin_dir.display()
-        );
-    }
+    let bin_dir = podnet_lab::testing::workspace_bins().unwrap_or_else(|e| panic!("{e}"));
     let tag = format!("pne{}", std::process::id());
     let dir = PathBuf::from(format!("/run/{tag}"));
     let rt = tokio::runtime::Builder::new_current_thread()

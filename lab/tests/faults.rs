@@ -178,18 +178,7 @@ fn run_scenario(suite: &Suite, name: &str, what: &str, f: Scenario) -> Result<()
 }
 
 async fn bring_up() -> anyhow::Result<LabState> {
-    // The workspace's debug binaries, built by `cargo test --workspace` next to this test.
-    let bin_dir: PathBuf = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent()?.parent().map(PathBuf::from))
-        .unwrap_or_default();
-    for b in ["podnet-operator", "podnet-daemon", "podnet-cni"] {
-        ensure!(
-            bin_dir.join(b).is_file(),
-            "{b} missing in {}: run the workspace tests (cargo test --workspace)",
-            bin_dir.display()
-        );
-    }
+    let bin_dir = podnet_lab::testing::workspace_bins().map_err(anyhow::Error::msg)?;
     let tag = format!("pnf{}", std::process::id());
     let dir = PathBuf::from(format!("/run/{tag}"));
     let mut progress =
