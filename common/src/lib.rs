@@ -1,11 +1,15 @@
 //! What podnet-operator and podnet-daemon share: the `/healthz`, `/readyz` and
-//! `/metrics` endpoint, logging setup, and signal handling.
+//! `/metrics` endpoint, logging setup, signal handling, the API clients and watches.
 
+mod client;
 mod flags;
 mod http;
 mod logging;
 mod watch;
 
+pub use client::{
+    ApiClients, ClientError, REQUEST_READ_TIMEOUT, WATCH_READ_TIMEOUT, WATCH_TIMEOUT_SECS,
+};
 pub use flags::{FlagError, Flags};
 pub use http::{Health, serve_ops};
 pub use logging::{LogFormat, init_logging};

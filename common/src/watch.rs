@@ -9,7 +9,7 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use tokio::sync::Notify;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Starts a watch of `api` into a cache; every change (and every error, after which the
 /// watch retries with [`WatchBackoff`] while the cache keeps its content) wakes `notify`.
@@ -25,16 +25,35 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        .modify(modify)
-        .reflect(writer)
-        .touched_objects();
+    let events = watcher(
+        api,
+        watcher::Config::default().timeout(crate::WATCH_TIMEOUT_SECS),
+    )
+    .backoff(WatchBackoff::default())
+    .modify(modify)
+    .reflect(writer)
+    .touched_objects();
+    let kind = K::kind(&()).into_owned();
     tokio::spawn(async move {
         futures::pin_mut!(events);
+        // The first error of an outage is a warning, the rest of it debug (one line per
+        // retry would flood the log), and the recovery says how many retries it took.
+        let mut failures = 0u32;
         while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                debug!(error = %e, "watch error (retrying with backoff)");
+            match ev {
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(%kind, error = %e, "watch failed; retrying with backoff, the cache keeps its content meanwhile");
+                    } else {
+                        debug!(%kind, error = %e, failures, "watch still failing");
+                    }
+                }
+                Ok(_) if failures > 0 => {
+                    info!(%kind, failures, "watch recovered");
+                    failures = 0;
+                }
+                Ok(_) => {}
             }
             notify.notify_one();
         }

@@ -189,6 +189,12 @@ async fn build(
     Ok(())
 }
 
+/// The log filter the lab's podnet processes run with: `PODNET_LAB_LOG` when set (say
+/// `info,kube_runtime=debug` to chase a watch), `info` otherwise.
+fn lab_log_filter() -> String {
+    std::env::var("PODNET_LAB_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
 /// Starts a podnet-operator replica named `identity` as the chart's service account;
 /// its log is `<identity>.log` in the state dir. Replicas share the Lease
 /// `podnet-operator` (4 s, renewed every 0.5 s, given up after 2.5 s without renewal).
@@ -205,7 +211,7 @@ pub fn start_operator(
     )?;
     let env = [
         ("KUBECONFIG", operator_kc.display().to_string()),
-        ("RUST_LOG", "info".to_string()),
+        ("RUST_LOG", lab_log_filter()),
         ("POD_NAME", identity.to_string()),
         ("PODNET_LEASE_DURATION", "4".to_string()),
         ("PODNET_RENEW_DEADLINE", "2.5".to_string()),
@@ -253,7 +259,7 @@ pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
     .collect();
     let env = [
         ("KUBECONFIG", node.kubeconfig.display().to_string()),
-        ("RUST_LOG", "info".to_string()),
+        ("RUST_LOG", lab_log_filter()),
     ];
     spawn_logged(
         &state.bin_dir.join("podnet-daemon"),
@@ -261,6 +267,32 @@ pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
         &env,
         &dir.join("daemon.log"),
     )
+}
+
+/// The last `n` lines of every log the lab keeps (operator replicas, each node's
+/// daemon, kube-apiserver, etcd), headed by the file name: what a failed test prints.
+pub fn log_tails(state: &LabState, n: usize) -> String {
+    let mut logs = vec![state.dir.join("operator.log")];
+    for i in 1..=state.standby_operator_pids.len() {
+        logs.push(state.dir.join(format!("operator-{i}.log")));
+    }
+    logs.extend(
+        state
+            .nodes
+            .iter()
+            .map(|node| state.dir.join(&node.name).join("daemon.log")),
+    );
+    logs.push(state.control_plane.dir.join("kube-apiserver.log"));
+    logs.push(state.control_plane.dir.join("etcd.log"));
+    let mut out = String::new();
+    for log in logs.iter().filter(|l| l.exists()) {
+        out.push_str(&format!(
+            "---- {} (last {n} lines)\n{}\n",
+            log.display(),
+            crate::controlplane::log_tail(log, n)
+        ));
+    }
+    out
 }
 
 /// Waits until every node's NodeRoute says it programmed a route to each peer CIDR
@@ -592,25 +624,9 @@ fn short(netns: &str) -> String {
     }
 }
 
-fn owns(pid: i32, bin: &Path) -> bool {
-    pid > 0
-        && std::fs::read_link(format!("/proc/{pid}/exe"))
-            .is_ok_and(|e| std::fs::canonicalize(bin).is_ok_and(|b| b == e))
-}
-
 /// Stops `pid` (SIGTERM, then SIGKILL after 10 s) if it still runs `bin`.
 pub fn stop(pid: i32, bin: &Path) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    if !owns(pid, bin) {
-        return;
-    }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && owns(pid, bin) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    crate::controlplane::stop_pid(pid, bin);
 }
 
 /// Removes every process, namespace and file the lab created.

@@ -441,6 +441,28 @@ impl DetachedControlPlane {
         self.apiserver_pid = 0;
     }
 
+    /// Freezes (`true`: SIGSTOP) or thaws (`false`: SIGCONT) kube-apiserver: while it is
+    /// frozen its sockets stay open and accept connections, and nothing answers — an API
+    /// server that hangs requests rather than refusing them.
+    pub fn freeze_apiserver(&self, frozen: bool) -> Result<(), LabError> {
+        let process = format!("kube-apiserver (PID {})", self.apiserver_pid);
+        if !owns_pid(self.apiserver_pid, &self.apiserver_bin) {
+            return Err(LabError::Signal {
+                process,
+                reason: "not running (or the PID is no longer ours)".into(),
+            });
+        }
+        let sig = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(self.apiserver_pid), sig).map_err(|e| LabError::Signal {
+            process,
+            reason: format!("{sig}: {e}"),
+        })
+    }
+
     /// Starts kube-apiserver again with the same flags and waits until it is ready.
     pub async fn start_apiserver(&mut self) -> Result<(), LabError> {
         self.apiserver_pid = self.respawn(
@@ -528,7 +550,7 @@ async fn readyz(client: &kube::Client) -> Result<(), String> {
 
 /// SIGTERM to `pid` if it still runs `bin`, SIGKILL after the grace period; returns when
 /// it is gone (or a zombie: its parent reaps it).
-fn stop_pid(pid: i32, bin: &Path) {
+pub(crate) fn stop_pid(pid: i32, bin: &Path) {
     if !owns_pid(pid, bin) {
         return;
     }

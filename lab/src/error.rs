@@ -49,6 +49,14 @@ pub enum LabError {
         /// The tail of that log.
         tail: String,
     },
+    /// A process the lab started could not be signalled.
+    #[error("signalling {process}: {reason}")]
+    Signal {
+        /// Which process, with its PID.
+        process: String,
+        /// Why not.
+        reason: String,
+    },
     /// Talking to the API server failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),

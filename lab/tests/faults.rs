@@ -65,6 +65,11 @@ fn main() -> std::process::ExitCode {
             scenario!(control_plane_restarts),
         ),
         (
+            "apiserver_frozen_while_a_daemon_repairs",
+            "kube-apiserver frozen (SIGSTOP: it accepts and never answers) while a node's daemon has a failure to report and drift to repair",
+            scenario!(apiserver_frozen),
+        ),
+        (
             "daemon_killed_mid_sync_and_state_deleted_by_hand",
             "podnet-daemon SIGKILLed mid-sync and restarted; routes and the PODNET-MASQ chain and hook deleted by hand",
             scenario!(daemon_faults),
@@ -169,6 +174,9 @@ fn run_scenario(suite: &Suite, name: &str, what: &str, f: Scenario) -> Result<()
         ),
     };
     eprintln!("{row}");
+    if outcome.is_err() {
+        eprintln!("{}", cluster::log_tails(state, 40));
+    }
     if let Ok(mut rows) = suite.rows.lock() {
         rows.push(row);
     }
@@ -564,6 +572,14 @@ async fn probe_node(state: &LabState, name: &str, last_octet: usize) -> anyhow::
         },
     )
     .await?;
+    // The probe node goes whatever happens, so a failure here leaves no extra peer for
+    // the scenarios after it.
+    let outcome = probe_routed(state, &client, name).await;
+    delete_nodes(&client, &[name.to_string()]).await?;
+    outcome
+}
+
+async fn probe_routed(state: &LabState, client: &Client, name: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let cidr = loop {
         let nr = Api::<NodeRoute>::all(client.clone()).get_opt(name).await?;
@@ -573,23 +589,25 @@ async fn probe_node(state: &LabState, name: &str, last_octet: usize) -> anyhow::
         ensure!(Instant::now() < deadline, "{name} not allocated after 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for n in &state.nodes {
-        let ns = n.netns.clone();
-        let c = cidr.clone();
-        wait_for(
-            &format!("route to {cidr} on {}", n.name),
-            Duration::from_secs(30),
-            || {
-                let ns = ns.clone();
-                let c = c.clone();
-                async move {
-                    Ok(run_ok(&["ip", "-n", &ns, "route", "show", "proto", "233"])?.contains(&c))
-                }
-            },
-        )
-        .await?;
+    // Every node, checked together: the error names the ones still missing it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut missing = Vec::new();
+        for n in &state.nodes {
+            if !run_ok(&["ip", "-n", &n.netns, "route", "show", "proto", "233"])?.contains(&cidr) {
+                missing.push(n.name.as_str());
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name}'s {cidr} allocated, but after 30 s still not routed on {}",
+            missing.join(", ")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    delete_nodes(&client, &[name.to_string()]).await?;
     Ok(cidr)
 }
 
@@ -646,6 +664,92 @@ async fn control_plane_restarts(state: &mut LabState) -> anyhow::Result<String> 
         etcd_restart.as_secs_f64(),
         api_recovery.as_secs_f64(),
         etcd_recovery.as_secs_f64()
+    ))
+}
+
+async fn apiserver_frozen(state: &mut LabState) -> anyhow::Result<String> {
+    let n1 = state.nodes[0].clone();
+    let conflist = state
+        .dir
+        .join(&n1.name)
+        .join("net.d")
+        .join("10-podnet.conflist");
+    let original = std::fs::read_to_string(&conflist).context("node-1's conflist")?;
+    let routes_before = kernel_state(&n1.netns)?;
+    let log = state.dir.join(&n1.name).join("daemon.log");
+    let sync_failures = || -> anyhow::Result<usize> {
+        Ok(std::fs::read_to_string(&log)?
+            .lines()
+            .filter(|l| l.contains("sync failed"))
+            .count())
+    };
+    let failures_before = sync_failures()?;
+    state.control_plane.freeze_apiserver(true)?;
+    let frozen_at = Instant::now();
+    let outcome = async {
+        // node-1's next sync fails (its conflist is now a non-empty directory), so its
+        // daemon has a SyncFailed condition to write to an API server that never answers.
+        std::fs::remove_file(&conflist)?;
+        std::fs::create_dir(&conflist)?;
+        std::fs::write(conflist.join("in-the-way"), "")?;
+        wait_for(
+            "node-1's daemon to fail a sync",
+            Duration::from_secs(15),
+            || async { Ok(sync_failures()? > failures_before) },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The cause goes away and podnet's routes are deleted by hand: the daemon must
+        // repair both while its status write still hangs.
+        std::fs::remove_dir_all(&conflist)?;
+        for fam in ["-4", "-6"] {
+            run_ok(&["ip", fam, "-n", &n1.netns, "route", "flush", "proto", "233"])?;
+        }
+        let repair_from = Instant::now();
+        wait_for(
+            "node-1's routes and conflist repaired with the API server frozen",
+            Duration::from_secs(12),
+            || async {
+                Ok(kernel_state(&n1.netns)? == routes_before
+                    && std::fs::read_to_string(&conflist).is_ok_and(|c| c == original))
+            },
+        )
+        .await?;
+        anyhow::Ok(repair_from.elapsed())
+    }
+    .await;
+    let thawed = state.control_plane.freeze_apiserver(false);
+    let frozen_for = frozen_at.elapsed();
+    if conflist.is_dir() {
+        std::fs::remove_dir_all(&conflist)?;
+    }
+    thawed?;
+    let repaired = outcome?;
+    // Once it answers again, the condition catches up with the node.
+    let client = admin_client(state).await?;
+    let programmed = || {
+        let client = client.clone();
+        let name = n1.name.clone();
+        async move {
+            let nr = Api::<NodeRoute>::all(client).get(&name).await?;
+            let conds = nr.status.map(|s| s.conditions).unwrap_or_default();
+            Ok(podnet_crds::find_condition(&conds, "Programmed")
+                .is_some_and(|c| c.status == "True" && c.reason == "Programmed"))
+        }
+    };
+    wait_for(
+        "node-1 Programmed=True after the thaw",
+        Duration::from_secs(30),
+        programmed,
+    )
+    .await?;
+    let t = Instant::now();
+    probe_node(state, "after-freeze", 152).await?;
+    Ok(format!(
+        "API server frozen {:.1} s; meanwhile node-1's daemon failed a sync (its status write hanging), then restored its deleted routes and conflist {:.1} s after they went (resync 5 s); after the thaw its Programmed condition returned to True and a new node was allocated and routed everywhere in {:.1} s",
+        frozen_for.as_secs_f64(),
+        repaired.as_secs_f64(),
+        t.elapsed().as_secs_f64()
     ))
 }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
+use kube::runtime::utils::Backoff;
 use kube::{Client, ResourceExt};
-use podnet_common::{Health, spawn_reflector, strip_managed_fields};
+use podnet_common::{ApiClients, Health, WatchBackoff, spawn_reflector, strip_managed_fields};
 use podnet_crds::{ConditionStatus, NodeRoute, PodNetwork, find_condition, make_condition};
 use podnet_netlink::Netlink;
 use prometheus_client::metrics::counter::Counter;
@@ -128,7 +129,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the watches.
     pub fn new(
-        client: Client,
+        clients: ApiClients,
         config: DaemonConfig,
         health: Arc<Health>,
         metrics: DaemonMetrics,
@@ -136,16 +137,16 @@ impl Daemon {
         let notify = Arc::new(Notify::new());
         Self {
             noderoutes: spawn_reflector(
-                Api::all(client.clone()),
+                Api::all(clients.watch.clone()),
                 Arc::clone(&notify),
                 strip_managed_fields,
             ),
             networks: spawn_reflector(
-                Api::all(client.clone()),
+                Api::all(clients.watch),
                 Arc::clone(&notify),
                 strip_managed_fields,
             ),
-            client,
+            client: clients.request,
             config,
             notify,
             health,
@@ -167,8 +168,16 @@ impl Daemon {
             _ = shutdown.changed() => return,
         }
         debug!(noderoutes = self.noderoutes.state().len(), "caches synced");
+        // The Programmed condition is written by its own task: the dataplane never waits
+        // on the API server (which may be slow, restarting, or gone).
+        let (status_tx, status_rx) = watch::channel(None);
+        let reporter = StatusReporter {
+            api: Api::all(self.client.clone()),
+            node_name: self.config.node_name.clone(),
+            noderoutes: self.noderoutes.clone(),
+        };
+        let reporting = tokio::spawn(reporter.run(status_rx, self.config.resync));
         let mut netlink = None;
-        let mut last_status: Option<(String, String, String)> = None;
         let mut first = true;
         // The state last applied: an event that changes nothing for this node (another
         // node's Programmed condition, say) costs no kernel check; the periodic check
@@ -200,24 +209,14 @@ impl Daemon {
                                     self.health.set_ready(true);
                                     first = false;
                                 }
-                                let status = summary;
-                                if last_status.as_ref() != Some(&status) {
-                                    match self.report(&status).await {
-                                        Ok(()) => last_status = Some(status),
-                                        Err(e) => warn!(error = %e, "could not report Programmed"),
-                                    }
-                                }
+                                status_tx.send_if_modified(|s| replace(s, summary));
                             }
                             Err(e) => {
                                 self.metrics.errors.inc();
                                 warn!(error = %e, "sync failed; retrying");
                                 let status =
                                     ("False".to_string(), "SyncFailed".to_string(), e.to_string());
-                                if last_status.as_ref() != Some(&status)
-                                    && self.report(&status).await.is_ok()
-                                {
-                                    last_status = Some(status);
-                                }
+                                status_tx.send_if_modified(|s| replace(s, status));
                             }
                         }
                         netlink = Some(nl);
@@ -237,6 +236,8 @@ impl Daemon {
                 _ = shutdown.changed() => break,
             }
         }
+        drop(status_tx);
+        reporting.abort();
         info!("stopping; routes, rules and the CNI config stay in place");
     }
 
@@ -315,15 +316,61 @@ impl Daemon {
         };
         Ok(status)
     }
+}
+
+/// The Programmed condition: status, reason, message.
+type Status = (String, String, String);
+
+/// Stores `new` in `slot`; true when that changed it (for `send_if_modified`).
+fn replace(slot: &mut Option<Status>, new: Status) -> bool {
+    if slot.as_ref() == Some(&new) {
+        return false;
+    }
+    *slot = Some(new);
+    true
+}
+
+/// Writes this node's Programmed condition, apart from the dataplane loop.
+struct StatusReporter {
+    api: Api<NodeRoute>,
+    node_name: String,
+    noderoutes: Store<NodeRoute>,
+}
+
+impl StatusReporter {
+    /// Applies the latest status the loop published: at once when it changes, after a
+    /// backoff (250 ms to 4 s) when the write failed, and every `resync` otherwise (a
+    /// no-op unless the condition on the object differs, e.g. the NodeRoute was
+    /// re-created). Ends when the loop drops its sender.
+    async fn run(self, mut latest: watch::Receiver<Option<Status>>, resync: Duration) {
+        let mut backoff = WatchBackoff::default();
+        let mut ticker = tokio::time::interval(resync);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            let status = latest.borrow_and_update().clone();
+            let mut retry = None;
+            if let Some(status) = status {
+                match self.apply(&status).await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        warn!(error = %e, "could not report Programmed; retrying");
+                        retry = backoff.next();
+                    }
+                }
+            }
+            tokio::select! {
+                changed = latest.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(retry.unwrap_or(resync)), if retry.is_some() => {}
+                _ = ticker.tick() => {}
+            }
+        }
+    }
 
     /// Applies the Programmed condition on this node's NodeRoute (server-side apply,
     /// field manager podnet-daemon).
-    async fn report(
-        &self,
-        (status, reason, message): &(String, String, String),
-    ) -> Result<(), kube::Error> {
-        let api: Api<NodeRoute> = Api::all(self.client.clone());
-        let name = &self.config.node_name;
+    async fn apply(&self, (status, reason, message): &Status) -> Result<(), kube::Error> {
+        let name = &self.node_name;
         let current = self
             .noderoutes
             .state()
@@ -356,12 +403,13 @@ impl Daemon {
             "metadata": {"name": name},
             "status": {"conditions": [cond]},
         });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        self.api
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podnet_common::{Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal};
+use podnet_common::{
+    ApiClients, Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal,
+};
 use podnet_daemon::controller::{Daemon, DaemonConfig, DaemonMetrics};
 use podnet_daemon::desired::ROUTE_PROTOCOL;
 use podnet_daemon::masquerade::Iptables;
@@ -91,7 +93,7 @@ fn install_cni(flags: &Flags) -> anyhow::Result<()> {
 
 async fn run(flags: &Flags) -> anyhow::Result<()> {
     let cfg = config(flags)?;
-    let client = kube::Client::try_default()
+    let clients = ApiClients::infer()
         .await
         .context("connecting to the Kubernetes API")?;
     let mut registry = Registry::default();
@@ -107,7 +109,7 @@ async fn run(flags: &Flags) -> anyhow::Result<()> {
         .with_context(|| format!("binding {ops}"))?;
     info!(node = %cfg.node_name, addr = %bound, "podnet-daemon starting");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let daemon = tokio::spawn(Daemon::new(client, cfg, health, metrics).run(stop_rx));
+    let daemon = tokio::spawn(Daemon::new(clients, cfg, health, metrics).run(stop_rx));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = daemon.await;

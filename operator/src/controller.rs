@@ -26,7 +26,7 @@ use kube::api::{
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use podnet_common::{Health, spawn_reflector};
+use podnet_common::{ApiClients, Health, spawn_reflector};
 use podnet_crds::{
     ConditionStatus, NodeRoute, NodeRouteSpec, NodeRouteStatus, PodNetwork, PodNetworkStatus,
     PoolUsage, condition_is, find_condition, make_condition, same_conditions,
@@ -123,7 +123,7 @@ fn strip_meta<K: Resource>(obj: &mut K) {
 impl Operator {
     /// Starts the watches; the loop itself runs in [`Operator::run`].
     pub fn new(
-        client: Client,
+        clients: ApiClients,
         leadership: Leadership,
         metrics: Metrics,
         health: Arc<Health>,
@@ -131,18 +131,19 @@ impl Operator {
         config: ControllerConfig,
     ) -> Self {
         let notify = Arc::new(Notify::new());
+        let client = clients.request;
         let nodes = spawn_reflector(
-            Api::<Node>::all(client.clone()),
+            Api::<Node>::all(clients.watch.clone()),
             Arc::clone(&notify),
             strip_node,
         );
         let noderoutes = spawn_reflector(
-            Api::<NodeRoute>::all(client.clone()),
+            Api::<NodeRoute>::all(clients.watch.clone()),
             Arc::clone(&notify),
             strip_meta,
         );
         let networks = spawn_reflector(
-            Api::<PodNetwork>::all(client.clone()),
+            Api::<PodNetwork>::all(clients.watch),
             Arc::clone(&notify),
             strip_meta,
         );

@@ -19,6 +19,17 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// Why one acquire-or-renew attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The API refused or failed the request.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// No answer within the renew deadline.
+    #[error("no answer from the API server within the renew deadline ({0:?})")]
+    Timeout(Duration),
+}
+
 /// Timings and identity of the election.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -126,7 +137,16 @@ pub async fn run(
     let mut observed: Option<(LeaseSpec, Instant)> = None;
     loop {
         let started = Instant::now();
-        match try_acquire_or_renew(&api, &cfg, &mut observed).await {
+        // A renewal that cannot finish within the deadline is a failed one (client-go
+        // bounds it the same way); waiting longer would only hold up the next attempt.
+        let attempt = tokio::time::timeout(
+            cfg.renew_deadline,
+            try_acquire_or_renew(&api, &cfg, &mut observed),
+        );
+        match attempt
+            .await
+            .unwrap_or(Err(LeaseError::Timeout(cfg.renew_deadline)))
+        {
             Ok(true) => {
                 if !leadership.is_leader() {
                     info!(identity = %cfg.identity, lease = %cfg.name, "became leader");
@@ -164,7 +184,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     cfg: &LeaseConfig,
     observed: &mut Option<(LeaseSpec, Instant)>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, LeaseError> {
     let duration_secs = i32::try_from(cfg.lease_duration.as_secs())
         .unwrap_or(i32::MAX)
         .max(1);
@@ -186,7 +206,7 @@ async fn try_acquire_or_renew(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
     let spec = lease.spec.clone().unwrap_or_default();
@@ -220,7 +240,7 @@ async fn try_acquire_or_renew(
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podnet_common::{Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal};
+use podnet_common::{
+    ApiClients, Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal,
+};
 use podnet_operator::controller::{ControllerConfig, Operator};
 use podnet_operator::leader::{self, Leadership, LeaseConfig};
 use podnet_operator::metrics::Metrics;
@@ -94,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     init_logging(args.log_format, &args.log_level);
-    let client = kube::Client::try_default()
+    let clients = ApiClients::infer()
         .await
         .context("connecting to the Kubernetes API")?;
 
@@ -113,13 +115,13 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let leadership = Leadership::default();
     let election = tokio::spawn(leader::run(
-        client.clone(),
+        clients.request.clone(),
         args.lease.clone(),
         leadership.clone(),
         stop_rx.clone(),
     ));
     let operator = Operator::new(
-        client,
+        clients,
         leadership,
         metrics,
         health,
