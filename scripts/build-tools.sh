@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real components podnet's tests and lab run against — kube-apiserver and kubectl
+# Builds the real components podnet's tests and lab run against — etcd, kube-apiserver and kubectl
 # (k8s.io/kubernetes), helm and cnitool — from the Go module proxy, once, into a cache outside
 # the repository keyed by version. A second run finds the stamped binaries and returns at once.
 #
@@ -13,6 +13,7 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CNI_VERSION="${CNI_VERSION:-v1.3.0}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 CACHE="${PODNET_TOOLS_CACHE:-/var/cache/podnet-tools}"
 
 die() { echo "build-tools: $*" >&2; exit 1; }
@@ -94,6 +95,42 @@ GO
   finish "$work/pub" "$dest"
 }
 
+# etcd's own main module carries replace directives (go install refuses it), so a wrapper
+# module builds its server the way etcd's main.go does.
+build_etcd() {
+  local dest="$CACHE/etcd-$ETCD_VERSION"
+  stamped "$dest" && return 0
+  step "building etcd $ETCD_VERSION"
+  local work; work=$(mktemp -d "$CACHE/.etcd-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  mkdir -p "$work/mod" "$work/pub"
+  cat > "$work/mod/go.mod" <<MOD
+module podnet.dev/tools/etcd
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+MOD
+  cat > "$work/mod/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  (
+    cd "$work/mod"
+    go mod tidy >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the etcd wrapper module"; }
+    go build -ldflags "-s -w" -o "$work/pub/etcd" .
+  ) || die "building etcd $ETCD_VERSION failed (see output above)"
+  "$work/pub/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" || die "built etcd does not report $ETCD_VERSION"
+  finish "$work/pub" "$dest"
+}
+
 build_go_tool() { # name version module-path/cmd ldflags
   local name=$1 version=$2 pkg=$3 ld=$4
   local dest="$CACHE/$name-$version"
@@ -109,6 +146,7 @@ build_go_tool() { # name version module-path/cmd ldflags
 
 mkdir -p "$CACHE" || die "cannot create cache dir $CACHE"
 build_kubernetes
+build_etcd
 build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool ""
@@ -116,6 +154,7 @@ build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool 
 # One directory of symlinks so callers need a single PATH entry.
 bin="$CACHE/bin"
 mkdir -p "$bin"
+ln -sfn "$CACHE/etcd-$ETCD_VERSION/etcd" "$bin/etcd"
 ln -sfn "$CACHE/kubernetes-$K8S_VERSION/kube-apiserver" "$bin/kube-apiserver"
 ln -sfn "$CACHE/kubernetes-$K8S_VERSION/kubectl" "$bin/kubectl"
 ln -sfn "$CACHE/helm-$HELM_VERSION/helm" "$bin/helm"

@@ -11,7 +11,8 @@ const BUILD_HINT: &str = "run scripts/build-tools.sh (the README test command do
 /// Paths of the external programs the lab and the tests drive.
 #[derive(Debug, Clone)]
 pub struct Tools {
-    /// etcd (Debian's etcd-server package).
+    /// etcd built by scripts/build-tools.sh (3.6: Debian's 3.4 lacks the progress
+    /// requests that let kube-apiserver serve consistent lists from its watch cache).
     pub etcd: PathBuf,
     /// kube-apiserver built by scripts/build-tools.sh.
     pub kube_apiserver: PathBuf,
@@ -27,7 +28,7 @@ pub struct Tools {
 
 impl Tools {
     /// Locates every tool: the built ones in `$PODNET_TOOLS_CACHE/bin`
-    /// (default `/var/cache/podnet-tools/bin`), etcd and openssl on the system.
+    /// (default `/var/cache/podnet-tools/bin`), openssl on the system.
     /// Fails naming the first one missing and what installs it.
     pub fn locate() -> Result<Self, LabError> {
         let cache = std::env::var_os("PODNET_TOOLS_CACHE")
@@ -35,7 +36,7 @@ impl Tools {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_TOOLS_CACHE));
         let bin = cache.join("bin");
         Ok(Self {
-            etcd: existing("etcd", system_path("etcd"), "apt-get install etcd-server")?,
+            etcd: existing("etcd", bin.join("etcd"), BUILD_HINT)?,
             kube_apiserver: existing("kube-apiserver", bin.join("kube-apiserver"), BUILD_HINT)?,
             kubectl: existing("kubectl", bin.join("kubectl"), BUILD_HINT)?,
             helm: existing("helm", bin.join("helm"), BUILD_HINT)?,
