@@ -569,12 +569,55 @@ pub(crate) fn stop_pid(pid: i32, bin: &Path) {
     }
 }
 
-/// Whether `pid` is alive and runs `bin` (guards against a recycled PID).
+/// Whether `pid` is alive and runs `bin` (guards against a recycled PID). A process
+/// whose binary was rebuilt since it started (`cargo build` during a lab's life) still
+/// counts: the kernel then names its executable `<bin> (deleted)`.
 fn owns_pid(pid: i32, bin: &Path) -> bool {
     if pid <= 0 {
         return false;
     }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
     let want = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
-    exe.is_ok_and(|e| e == want)
+    let replaced = format!("{} (deleted)", want.display());
+    exe == want || exe.as_os_str() == replaced.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lab stops what it started even when the binary was rebuilt meanwhile (a
+    /// lab left running across `cargo build` leaked its daemons before this), and
+    /// never a process running something else.
+    #[test]
+    fn stops_its_process_after_the_binary_was_replaced() {
+        let dir = std::env::temp_dir().join(format!("pnl-owns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let bin = dir.join("sleeper");
+        std::fs::copy("/bin/sleep", &bin).unwrap_or_else(|e| panic!("copy /bin/sleep: {e}"));
+        let mut child = std::process::Command::new(&bin)
+            .arg("60")
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn: {e}"));
+        let pid = child.id() as i32;
+        assert!(owns_pid(pid, &bin));
+        assert!(
+            !owns_pid(pid, Path::new("/bin/true")),
+            "another binary's PID"
+        );
+        // Rebuilt: a new file renamed over the old path.
+        let fresh = dir.join("sleeper.new");
+        std::fs::copy("/bin/sleep", &fresh).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&fresh, &bin).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            owns_pid(pid, &bin),
+            "lost track of its process after the rebuild"
+        );
+        stop_pid(pid, &bin);
+        let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!status.success(), "it should have been stopped by a signal");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
