@@ -295,35 +295,16 @@ async fn lint_and_template(_cp: Arc<ControlPlane>) -> anyhow::Result<()> {
 /// The names of a release's objects: in `namespace` (workloads, accounts, roles, PDB), or
 /// cluster-scoped (roles, bindings, admission policy, PodNetwork) when `None`.
 fn release_objects(kc: &Path, namespace: Option<&str>, selector: &str) -> anyhow::Result<String> {
-    let out = match namespace {
-        Some(ns) => kubectl(
-            kc,
-            &[
-                "-n",
-                ns,
-                "get",
-                "deploy,ds,sa,role,rolebinding,pdb",
-                "-l",
-                selector,
-                "-o",
-                "name",
-            ],
-            "",
-        )?,
-        None => kubectl(
-            kc,
-            &[
-                "get",
-                "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding,pn",
-                "-l",
-                selector,
-                "-o",
-                "name",
-            ],
-            "",
-        )?,
+    let (scope, kinds): (&[&str], &str) = match namespace {
+        Some(ns) => (&["-n", ns], "deploy,ds,sa,role,rolebinding,pdb"),
+        None => (
+            &[],
+            "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding,pn",
+        ),
     };
-    Ok(out)
+    let mut args = scope.to_vec();
+    args.extend(["get", kinds, "-l", selector, "-o", "name"]);
+    Ok(kubectl(kc, &args, "")?)
 }
 
 async fn install_upgrade_uninstall(cp: Arc<ControlPlane>) -> anyhow::Result<()> {

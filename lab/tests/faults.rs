@@ -835,18 +835,8 @@ async fn daemon_faults(state: &mut LabState) -> anyhow::Result<String> {
     // A rolling update stops a daemon gracefully: its node keeps forwarding meanwhile.
     let n3 = state.nodes[2].clone();
     cluster::stop(n3.daemon_pid, &state.bin_dir.join("podnet-daemon"));
-    let pods_n3: Vec<_> = state
-        .pods
-        .iter()
-        .filter(|p| p.node == n3.name)
-        .cloned()
-        .collect();
-    let others: Vec<_> = state
-        .pods
-        .iter()
-        .filter(|p| p.node != n3.name)
-        .cloned()
-        .collect();
+    let (pods_n3, others): (Vec<_>, Vec<_>) =
+        state.pods.iter().cloned().partition(|p| p.node == n3.name);
     for from in &pods_n3 {
         for to in &others {
             for ip in &to.ips {
