@@ -9,16 +9,14 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use podnet_contract::{DEFAULT_BRIDGE, DEFAULT_IPAM_DIR, PLUGIN_TYPE, PluginConf};
+
 use crate::error::{CniError, Code};
 
 /// Versions this plugin speaks; results are printed in the request's version.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// Largest stdin accepted: configurations are a few KiB; anything larger is refused.
 pub const MAX_STDIN: usize = 1 << 20;
-/// Default bridge name.
-pub const DEFAULT_BRIDGE: &str = "podnet0";
-/// Default lease directory: under /run so leases never outlive a reboot.
-pub const DEFAULT_DATA_DIR: &str = "/run/podnet/ipam";
 
 /// The CNI verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,21 +117,18 @@ impl Env {
             Some(other) => return Err(bad("CNI_COMMAND", format!("unknown command {other:?}"))),
             None => return Err(bad("CNI_COMMAND", "CNI_COMMAND is not set".into())),
         };
+        // SPEC.md lists what each verb requires: ADD and CHECK the container ID, netns
+        // and ifname; DEL the container ID and ifname (netns optional); VERSION, GC and
+        // STATUS none of them. Only the verbs that use a variable read (and validate)
+        // it: libcni probes VERSION with placeholders (CNI_NETNS=dummy and the like),
+        // and whatever else a runtime sets is never carried along unvalidated.
         let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
-        // Only the attachment verbs use (and validate) these; the others ignore whatever a
-        // runtime sets, so nothing unvalidated is ever carried along.
-        let (container_id, ifname) = if needs_attachment {
-            (
-                get("CNI_CONTAINERID").unwrap_or_default(),
-                get("CNI_IFNAME").unwrap_or_default(),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let netns = get("CNI_NETNS")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
-        if needs_attachment {
+        let (container_id, ifname, netns, args) = if needs_attachment {
+            let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+            let ifname = get("CNI_IFNAME").unwrap_or_default();
+            let netns = get("CNI_NETNS")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
             if !valid_id(&container_id) {
                 return Err(bad(
                     "CNI_CONTAINERID",
@@ -154,17 +149,20 @@ impl Env {
                     "CNI_NETNS is required for ADD and CHECK".into(),
                 ));
             }
-        }
-        let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())
-            .map_err(|why| bad("CNI_ARGS", why))?;
-        if let Some(ns) = &netns
-            && !ns.is_absolute()
-        {
-            return Err(bad(
-                "CNI_NETNS",
-                format!("{} is not an absolute path", ns.display()),
-            ));
-        }
+            if let Some(ns) = &netns
+                && !ns.is_absolute()
+            {
+                return Err(bad(
+                    "CNI_NETNS",
+                    format!("{} is not an absolute path", ns.display()),
+                ));
+            }
+            let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())
+                .map_err(|why| bad("CNI_ARGS", why))?;
+            (container_id, ifname, netns, args)
+        } else {
+            (String::new(), String::new(), None, Vec::new())
+        };
         Ok(Self {
             command,
             container_id,
@@ -186,18 +184,16 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The network configuration as a runtime hands it over: podnet's own fields are the
+/// conflist entry podnet-daemon writes ([`PluginConf`], shared with it), plus what the
+/// runtime adds.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawConf {
     cni_version: Option<String>,
     name: Option<String>,
-    #[serde(rename = "type")]
-    plugin_type: Option<String>,
-    bridge: Option<String>,
-    #[serde(rename = "podCIDRs")]
-    pod_cidrs: Option<Vec<String>>,
-    mtu: Option<u32>,
-    data_dir: Option<String>,
+    #[serde(flatten)]
+    plugin: PluginConf,
     dns: Option<Value>,
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -288,12 +284,18 @@ impl NetConf {
                 format!("{name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"),
             ));
         }
-        if let Some(t) = &raw.plugin_type
-            && t != "podnet-cni"
+        if let Some(t) = &raw.plugin.plugin_type
+            && t != PLUGIN_TYPE
         {
-            return Err(invalid("type", format!("{t:?}: this plugin is podnet-cni")));
+            return Err(invalid(
+                "type",
+                format!("{t:?}: this plugin is {PLUGIN_TYPE}"),
+            ));
         }
-        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        let bridge = raw
+            .plugin
+            .bridge
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         if !valid_ifname(&bridge) {
             return Err(invalid(
                 "bridge",
@@ -301,7 +303,7 @@ impl NetConf {
             ));
         }
         let mut pod_cidrs = Vec::new();
-        for c in raw.pod_cidrs.unwrap_or_default() {
+        for c in raw.plugin.pod_cidrs.unwrap_or_default() {
             let net: IpNet = c
                 .parse()
                 .map_err(|_| invalid("podCIDRs", format!("{c:?} is not a CIDR")))?;
@@ -330,12 +332,16 @@ impl NetConf {
             ));
         }
         pod_cidrs.sort_by_key(|n| !n.addr().is_ipv4());
-        if let Some(mtu) = raw.mtu
+        if let Some(mtu) = raw.plugin.mtu
             && !(576..=65535).contains(&mtu)
         {
             return Err(invalid("mtu", format!("{mtu} is outside 576..65535")));
         }
-        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_string()));
+        let data_dir = PathBuf::from(
+            raw.plugin
+                .data_dir
+                .unwrap_or_else(|| DEFAULT_IPAM_DIR.to_string()),
+        );
         if !data_dir.is_absolute() {
             return Err(invalid(
                 "dataDir",
@@ -347,7 +353,7 @@ impl NetConf {
             name,
             bridge,
             pod_cidrs,
-            mtu: raw.mtu,
+            mtu: raw.plugin.mtu,
             data_dir,
             dns: raw.dns,
             prev_result: raw.prev_result,
@@ -357,10 +363,7 @@ impl NetConf {
 
     /// The gateway of each CIDR: its first address.
     pub fn gateway(net: &IpNet) -> IpAddr {
-        match net {
-            IpNet::V4(n) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(n.network()) + 1)),
-            IpNet::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n.network()) + 1)),
-        }
+        podnet_contract::gateway(net)
     }
 }
 
@@ -435,6 +438,31 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Env::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn version_answers_libcnis_probe_with_placeholders() {
+        // libcni validates a network by calling VERSION with CNI_NETNS=dummy,
+        // CNI_IFNAME=dummy, CNI_PATH=dummy (older skel versions required them set).
+        let e = env(&[
+            ("CNI_COMMAND", "VERSION"),
+            ("CNI_NETNS", "dummy"),
+            ("CNI_IFNAME", "dummy"),
+            ("CNI_PATH", "dummy"),
+            ("CNI_ARGS", "not a pair"),
+        ]);
+        assert!(e.is_ok_and(|e| e.netns.is_none() && e.args.is_empty()));
+        for cmd in ["GC", "STATUS"] {
+            assert!(
+                env(&[
+                    ("CNI_COMMAND", cmd),
+                    ("CNI_NETNS", "dummy"),
+                    ("CNI_PATH", "/opt/cni/bin")
+                ])
+                .is_ok(),
+                "{cmd}"
+            );
+        }
     }
 
     #[test]
@@ -532,6 +560,25 @@ mod tests {
             env(&[("CNI_COMMAND", "FROB")]).err().map(|e| e.code),
             Some(Code::InvalidEnvironment)
         );
+    }
+
+    #[test]
+    fn the_conflist_the_daemon_writes_is_what_the_plugin_reads() {
+        let list = podnet_contract::ConfList::for_node(
+            &["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
+            1450,
+            "podnet0",
+            "/run/podnet/ipam",
+        );
+        let conf = list.plugin_config(0).unwrap_or_default();
+        let parsed = NetConf::parse(conf.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.name, "podnet");
+        assert_eq!(parsed.cni_version, "1.1.0");
+        assert_eq!(parsed.bridge, "podnet0");
+        assert_eq!(parsed.mtu, Some(1450));
+        assert_eq!(parsed.data_dir, PathBuf::from("/run/podnet/ipam"));
+        let cidrs: Vec<String> = parsed.pod_cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(cidrs, ["10.244.1.0/24", "fd00:10:244:1::/64"]);
     }
 
     #[test]

@@ -10,8 +10,15 @@
 //! * `last.4`, `last.6` — the last address handed out; the next search starts after it,
 //!   so allocation does not rescan the pool.
 //!
-//! A crash at any instant leaves at worst a lease without an attachment file; DEL (which
-//! falls back to a scan when the attachment file is missing) and GC release it.
+//! * `locks/<host veth name>` — one per attachment ([`AttachmentLock`]): ADD and DEL hold
+//!   it for their whole run, so two invocations for one attachment never interleave,
+//!   and GC skips an attachment whose lock is taken (an ADD in flight). Named after the
+//!   host veth (a hash of container ID and ifname), so GC can ask for a veth it finds
+//!   on the bridge as well as for a lease.
+//!
+//! A crash at any instant leaves at worst a lease without an attachment file, or a
+//! temporary file; DEL (which falls back to a scan when the attachment file is missing)
+//! and GC release and remove them.
 //!
 //! Nothing is fsync'ed: atomicity against a killed process comes from link/rename, and
 //! the store lives on tmpfs (/run), which a machine crash empties along with every pod.
@@ -29,6 +36,99 @@ use crate::error::{CniError, Code};
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> CniError {
     move |e| CniError::new(Code::Io, "IPAM storage failed", format!("{what}: {e}"))
+}
+
+/// An exclusive lock on one attachment (container ID + ifname), held for the lifetime
+/// of the value; the kernel drops it when the process dies.
+pub struct AttachmentLock {
+    path: PathBuf,
+    lock: Flock<File>,
+}
+
+impl AttachmentLock {
+    fn path(data_dir: &Path, network: &str, host_veth: &str) -> PathBuf {
+        data_dir.join(network).join("locks").join(host_veth)
+    }
+
+    /// Waits for the lock of the attachment whose host veth is `host_veth`.
+    pub fn acquire(data_dir: &Path, network: &str, host_veth: &str) -> Result<Self, CniError> {
+        Self::take(data_dir, network, host_veth, FlockArg::LockExclusive).map(|l| {
+            l.ok_or_else(|| {
+                CniError::new(
+                    Code::TryAgainLater,
+                    "attachment busy",
+                    host_veth.to_string(),
+                )
+            })
+        })?
+    }
+
+    /// The lock if nobody holds it, else `None` (an operation on it is in flight).
+    pub fn try_acquire(
+        data_dir: &Path,
+        network: &str,
+        host_veth: &str,
+    ) -> Result<Option<Self>, CniError> {
+        Self::take(
+            data_dir,
+            network,
+            host_veth,
+            FlockArg::LockExclusiveNonblock,
+        )
+    }
+
+    fn take(
+        data_dir: &Path,
+        network: &str,
+        host_veth: &str,
+        how: FlockArg,
+    ) -> Result<Option<Self>, CniError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = Self::path(data_dir, network, host_veth);
+        loop {
+            let file = match File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let dir = path.parent().unwrap_or(data_dir);
+                    fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+                    continue;
+                }
+                Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
+            };
+            let lock = match Flock::lock(file, how) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => {
+                    return Err(CniError::new(
+                        Code::TryAgainLater,
+                        "cannot lock the attachment",
+                        format!("{}: {e}", path.display()),
+                    ));
+                }
+            };
+            // A DEL that held it may have removed the file meanwhile: the lock counts
+            // only if the path still names the file we locked.
+            let same = match (lock.metadata(), fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if same {
+                return Ok(Some(Self { path, lock }));
+            }
+        }
+    }
+
+    /// Removes the lock file, then releases the lock (the attachment is gone). A waiter
+    /// on the removed file notices and locks a new one.
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.lock);
+    }
 }
 
 /// The lease store of one network, locked for the lifetime of the value.
@@ -209,8 +309,23 @@ impl Ipam {
         Ok(ip)
     }
 
+    /// Removes temporary files a killed ADD left behind. Each is written only under the
+    /// store lock, which this value holds: any that exists now is stale.
+    fn remove_stale_temp_files(&self) {
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".lease.") || name.starts_with(".tmp.") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
     /// Releases every address of the attachment. Idempotent.
     pub fn release(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
+        self.remove_stale_temp_files();
         let owner = owner_line(container_id, ifname);
         let attachment = self
             .dir
@@ -274,35 +389,50 @@ impl Ipam {
             .collect())
     }
 
-    /// Releases every attachment not in `keep`; returns those released.
+    /// Releases every attachment not in `keep` for which `may_release` says yes (GC
+    /// passes one that takes the attachment's lock, so an ADD in flight is left alone);
+    /// returns those released.
     pub fn gc(
         &mut self,
         keep: &HashSet<(String, String)>,
+        mut may_release: impl FnMut(&str, &str) -> bool,
     ) -> Result<Vec<(String, String)>, CniError> {
+        self.remove_stale_temp_files();
         let mut released = Vec::new();
+        let mut refused: HashSet<(String, String)> = HashSet::new();
         for (ip, owner) in self.leases()? {
             let mut lines = owner.lines();
             let key = (
                 lines.next().unwrap_or_default().to_string(),
                 lines.next().unwrap_or_default().to_string(),
             );
-            if !keep.contains(&key) {
-                let _ = fs::remove_file(self.dir.join(ip.to_string()));
-                let _ = fs::remove_file(
-                    self.dir
-                        .join("attachments")
-                        .join(attachment_name(&key.0, &key.1)),
-                );
-                released.push(key);
+            if keep.contains(&key) || refused.contains(&key) {
+                continue;
             }
+            if !released.contains(&key) && !may_release(&key.0, &key.1) {
+                refused.insert(key);
+                continue;
+            }
+            let _ = fs::remove_file(self.dir.join(ip.to_string()));
+            let _ = fs::remove_file(
+                self.dir
+                    .join("attachments")
+                    .join(attachment_name(&key.0, &key.1)),
+            );
+            released.push(key);
         }
         // Attachment files without leases (a crash during release).
         if let Ok(entries) = fs::read_dir(self.dir.join("attachments")) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some((cid, ifname)) = name.split_once(':')
-                    && !keep.contains(&(cid.to_string(), ifname.to_string()))
-                {
+                let Some((cid, ifname)) = name.split_once(':') else {
+                    continue;
+                };
+                let key = (cid.to_string(), ifname.to_string());
+                if keep.contains(&key) || refused.contains(&key) {
+                    continue;
+                }
+                if released.contains(&key) || may_release(cid, ifname) {
                     let _ = fs::remove_file(entry.path());
                 }
             }
@@ -376,7 +506,7 @@ mod tests {
             again
         );
         let keep: HashSet<(String, String)> = [("c9".to_string(), "eth0".to_string())].into();
-        let released = ipam.gc(&keep).unwrap_or_default();
+        let released = ipam.gc(&keep, |_, _| true).unwrap_or_default();
         assert_eq!(released.len(), 4);
         assert_eq!(ipam.attachments().unwrap_or_default(), keep);
         let _ = fs::remove_dir_all(&d);

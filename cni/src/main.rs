@@ -13,6 +13,22 @@ fn main() -> ExitCode {
         println!("podnet-cni {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    // Run by hand (no runtime sets CNI_COMMAND): say what this is, as the reference
+    // plugins do, and do not wait for a configuration on a terminal.
+    if std::env::var_os("CNI_COMMAND").is_none() {
+        eprintln!(
+            "podnet-cni {}: the podnet CNI plugin (bridge, veth pair and built-in IPAM per pod), run by a container runtime\nCNI protocol versions supported: {}",
+            env!("CARGO_PKG_VERSION"),
+            podnet_cni::config::SUPPORTED_VERSIONS.join(", ")
+        );
+        let e = CniError::new(
+            Code::InvalidEnvironment,
+            "invalid CNI_COMMAND",
+            "CNI_COMMAND is not set",
+        );
+        println!("{}", plugin::error_json(&e, b""));
+        return ExitCode::FAILURE;
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin()
         .take(MAX_STDIN as u64 + 1)

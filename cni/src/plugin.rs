@@ -9,31 +9,21 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use podnet_netlink::{LinkInfo, LinkKind, Netlink, Route, RouteFilter};
+use podnet_netlink::{Dad, LinkInfo, LinkKind, Netlink, Route, RouteFilter};
 use serde_json::{Value, json};
 
 use crate::config::{
     AddResult, Command, Env, NetConf, ResultInterface, SUPPORTED_VERSIONS, version_hint,
 };
 use crate::error::{CniError, Code};
-use crate::ipam::Ipam;
+use crate::ipam::{AttachmentLock, Ipam};
 
 /// Route protocol of the pod's default routes (RTPROT_BOOT, as `ip route add` uses).
 const RTPROT_BOOT: u8 = 3;
 /// How long ADD waits for the pod interface to come up operationally.
 const OPER_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The host end's name: `pn` + 12 hex digits of a hash of (container ID, ifname), so DEL
-/// and GC find it without the pod's namespace.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    // FNV-1a, 64 bit: stable across versions and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("pn{:012x}", h >> 16)
-}
+pub use podnet_contract::host_veth_name;
 
 fn mac_string(mac: &[u8]) -> String {
     mac.iter()
@@ -103,7 +93,7 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo,
     }
     for net in &conf.pod_cidrs {
         let gw = NetConf::gateway(net);
-        match nl.add_address(bridge.index, gw, net.prefix_len(), gw.is_ipv6()) {
+        match nl.add_address(bridge.index, gw, net.prefix_len(), Dad::Skip) {
             Ok(()) => {}
             Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {}
             Err(e) => return Err(e.into()),
@@ -112,7 +102,15 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo,
     Ok(bridge)
 }
 
+/// Turns on forwarding for each family the node has pod CIDRs of. With IPv6, forwarding
+/// makes the kernel ignore router advertisements on every interface whose `accept_ra`
+/// is 1, and a host that learned its default route from them would lose it when that
+/// route expires: such interfaces (and the default for new ones) get `accept_ra=2`
+/// (accept even when forwarding) first, so the host keeps doing what it did.
 fn ensure_forwarding(conf: &NetConf) -> Result<(), CniError> {
+    let io = |path: &str, e: std::io::Error| {
+        CniError::new(Code::Io, "cannot enable forwarding", format!("{path}: {e}"))
+    };
     for net in &conf.pod_cidrs {
         let path = if net.addr().is_ipv4() {
             "/proc/sys/net/ipv4/ip_forward"
@@ -125,9 +123,27 @@ fn ensure_forwarding(conf: &NetConf) -> Result<(), CniError> {
         {
             continue;
         }
-        std::fs::write(path, "1").map_err(|e| {
-            CniError::new(Code::Io, "cannot enable forwarding", format!("{path}: {e}"))
-        })?;
+        if net.addr().is_ipv6() {
+            keep_accepting_router_advertisements().map_err(|(p, e)| io(&p, e))?;
+        }
+        std::fs::write(path, "1").map_err(|e| io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Sets `accept_ra=2` wherever it is 1 (see [`ensure_forwarding`]).
+fn keep_accepting_router_advertisements() -> Result<(), (String, std::io::Error)> {
+    let dir = "/proc/sys/net/ipv6/conf";
+    let entries = std::fs::read_dir(dir).map_err(|e| (dir.to_string(), e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name == "all" {
+            continue;
+        }
+        let path = entry.path().join("accept_ra");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+            std::fs::write(&path, "2").map_err(|e| (path.display().to_string(), e))?;
+        }
     }
     Ok(())
 }
@@ -137,9 +153,14 @@ fn ensure_forwarding(conf: &NetConf) -> Result<(), CniError> {
 /// name is free and, once the veth exists, configures the pod side; meanwhile the main
 /// thread, which never leaves the host namespace, prepares the bridge and the leases,
 /// creates the veth and configures the host side. Any failure undoes everything.
+///
+/// The whole ADD holds the attachment's lock: a second ADD, a DEL or a GC for the same
+/// container and ifname waits (GC skips it), so none can remove what this one builds.
 fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
     let netns_path = env.netns.clone().unwrap_or_default();
     let netns = open_netns(&netns_path)?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let _lock = AttachmentLock::acquire(&conf.data_dir, &conf.name, &host_name)?;
     let (checked_tx, checked_rx) = mpsc::channel::<Result<(), CniError>>();
     let (go_tx, go_rx) = mpsc::channel::<Vec<IpNet>>();
     std::thread::scope(|s| {
@@ -202,6 +223,7 @@ fn host_add(
 ) -> Result<HostSide, HostError> {
     let before = HostError::BeforeVeth;
     let mut host = Netlink::new().map_err(|e| before(e.into()))?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
     let mtu = match conf.mtu {
         Some(m) => m,
         None => host.default_route_mtu().map_err(|e| before(e.into()))?,
@@ -234,13 +256,13 @@ fn host_add(
         return Err(before(e));
     }
     let leases = leases.map_err(before)?;
-    let host_name = host_veth_name(&env.container_id, &env.ifname);
     let after = HostError::AfterVeth;
     match host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd()) {
         Ok(()) => {}
-        Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
+        Err(e) if e.is_exists() => {
             // A host end left by an interrupted ADD of this same attachment: its name is
-            // ours by construction. Remove it and try once more.
+            // ours by construction, and this ADD holds the attachment's lock, so no other
+            // invocation is building it. Remove it and try once more.
             host.del_link_by_name(&host_name)
                 .map_err(|e| after(e.into()))?;
             host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd())
@@ -330,12 +352,7 @@ fn pod_thread(
     };
     let link = pod.wait_link_named(ifname, OPER_UP_TIMEOUT)?;
     for lease in &leases {
-        pod.add_address(
-            link.index,
-            lease.addr(),
-            lease.prefix_len(),
-            lease.addr().is_ipv6(),
-        )?;
+        pod.add_address(link.index, lease.addr(), lease.prefix_len(), Dad::Skip)?;
     }
     pod.set_link(link.index, true, None)?;
     for lease in &leases {
@@ -371,11 +388,11 @@ fn undo_add(env: &Env, conf: &NetConf) {
 }
 
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let lock = AttachmentLock::acquire(&conf.data_dir, &conf.name, &host_name)?;
     let mut errors = Vec::new();
     // The interface first, so an address is never reused while a link still has it.
-    match Netlink::new()
-        .and_then(|mut nl| nl.del_link_by_name(&host_veth_name(&env.container_id, &env.ifname)))
-    {
+    match Netlink::new().and_then(|mut nl| nl.del_link_by_name(&host_name)) {
         Ok(_) => {}
         Err(e) => errors.push(e.to_string()),
     }
@@ -386,6 +403,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         Err(e) => errors.push(e.to_string()),
     }
     if errors.is_empty() {
+        lock.remove();
         Ok(())
     } else {
         Err(CniError::new(
@@ -483,7 +501,24 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    Ipam::open(&conf.data_dir, &conf.name)?.gc(&keep)?;
+    // An attachment whose lock is taken has an ADD or DEL in flight (the runtime's list
+    // may predate it): left alone. The locks taken are held until its veth is gone.
+    let mut locks: Vec<(String, AttachmentLock)> = Vec::new();
+    let try_lock = |veth: &str, locks: &mut Vec<(String, AttachmentLock)>| -> bool {
+        if locks.iter().any(|(v, _)| v == veth) {
+            return true;
+        }
+        match AttachmentLock::try_acquire(&conf.data_dir, &conf.name, veth) {
+            Ok(Some(lock)) => {
+                locks.push((veth.to_string(), lock));
+                true
+            }
+            _ => false,
+        }
+    };
+    Ipam::open(&conf.data_dir, &conf.name)?.gc(&keep, |cid, ifname| {
+        try_lock(&host_veth_name(cid, ifname), &mut locks)
+    })?;
     let keep_links: HashSet<String> = keep.iter().map(|(c, i)| host_veth_name(c, i)).collect();
     let mut host = Netlink::new()?;
     let Some(bridge) = host.link_by_name(&conf.bridge)? else {
@@ -493,14 +528,18 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     for link in host.links()? {
         let ours = link.master == Some(bridge.index)
             && link.kind == LinkKind::Veth
-            && link.name.starts_with("pn");
+            && podnet_contract::is_host_veth_name(&link.name);
         if ours
             && !keep_links.contains(&link.name)
+            && try_lock(&link.name, &mut locks)
             && let Err(e) = host.del_link(link.index)
-            && e.errno() != Some(nix::errno::Errno::ENODEV)
+            && !e.is_not_found()
         {
             errors.push(e.to_string());
         }
+    }
+    for (_, lock) in locks {
+        lock.remove();
     }
     if errors.is_empty() {
         Ok(())

@@ -619,3 +619,309 @@ fn cnitool_drives_every_verb() {
     let _ = std::fs::remove_dir_all(&confdir);
     let _ = std::fs::remove_dir_all(&bindir);
 }
+
+#[test]
+fn two_adds_for_one_attachment_at_once_leave_one_whole_attachment() {
+    require_root();
+    let node = Node::new(&["10.244.17.0/24", "fd00:10:244:17::/64"]);
+    let pod = Netns::new("pncni-twin");
+    for round in 0..5 {
+        let results: Vec<(bool, Value)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (node, pod) = (&node, &pod);
+                    s.spawn(move || {
+                        node.cni("ADD", "twin", &pod.path(), "eth0", &node.conf("1.1.0"))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or((false, Value::Null)))
+                .collect()
+        });
+        let ok: Vec<&Value> = results
+            .iter()
+            .filter(|(ok, _)| *ok)
+            .map(|(_, v)| v)
+            .collect();
+        let failed: Vec<&Value> = results
+            .iter()
+            .filter(|(ok, _)| !*ok)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            ok.len(),
+            1,
+            "round {round}: exactly one ADD wins: {results:?}"
+        );
+        assert_eq!(failed[0]["code"], 101, "round {round}: {}", failed[0]);
+        // The winner's attachment is whole: its addresses on eth0, its host veth, its
+        // leases; the loser took nothing away.
+        let addrs =
+            String::from_utf8_lossy(&pod.exec(&["ip", "-br", "addr", "show", "eth0"]).stdout)
+                .into_owned();
+        for ip in ips(ok[0]) {
+            assert!(
+                addrs.contains(&ip),
+                "round {round}: {ip} missing from eth0: {addrs}"
+            );
+        }
+        assert_eq!(node.host_veths().len(), 1, "round {round}");
+        assert_eq!(node.leases().len(), 2, "round {round}: {:?}", node.leases());
+        let gw = addr_only(&ips(ok[0])[0])
+            .rsplit_once('.')
+            .map(|(n, _)| format!("{n}.1"))
+            .unwrap_or_default();
+        assert!(
+            pod.exec(&["ping", "-c", "1", "-W", "2", &gw])
+                .status
+                .success(),
+            "round {round}"
+        );
+        assert!(
+            node.cni("DEL", "twin", &pod.path(), "eth0", &node.conf("1.1.0"))
+                .0
+        );
+        assert!(
+            node.leases().is_empty() && node.host_veths().is_empty(),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn an_add_repeated_without_del_keeps_the_first_attachment() {
+    require_root();
+    let node = Node::new(&["10.244.18.0/24"]);
+    let pod = Netns::new("pncni-again");
+    let first = node.add("again", &pod);
+    // As if the runtime retried after losing track of the first ADD (killed, timed out).
+    let (ok, v) = node.cni("ADD", "again", &pod.path(), "eth0", &node.conf("1.1.0"));
+    assert!(!ok && v["code"] == 101, "{v}");
+    assert_eq!(node.leases(), vec![addr_only(&ips(&first)[0])]);
+    assert_eq!(node.host_veths().len(), 1);
+    let addrs = String::from_utf8_lossy(&pod.exec(&["ip", "-br", "addr"]).stdout).into_owned();
+    assert!(addrs.contains(&ips(&first)[0]), "{addrs}");
+    assert!(
+        node.cni("DEL", "again", &pod.path(), "eth0", &node.conf("1.1.0"))
+            .0
+    );
+    assert!(node.leases().is_empty() && node.host_veths().is_empty());
+    let locks = node.data_dir.join("podnet/locks");
+    assert_eq!(
+        std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0),
+        0,
+        "DEL left its lock file in {}",
+        locks.display()
+    );
+}
+
+#[test]
+fn gc_leaves_an_attachment_alone_while_an_operation_on_it_is_in_flight() {
+    require_root();
+    let node = Node::new(&["10.244.19.0/24"]);
+    let pod = Netns::new("pncni-busy");
+    node.add("busy", &pod);
+    // Stand in for an ADD still running: hold the attachment's lock.
+    let lock_path = node
+        .data_dir
+        .join("podnet/locks")
+        .join(podnet_cni::plugin::host_veth_name("busy", "eth0"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock: {e}"));
+    // Stale temporary files of a killed ADD.
+    for stale in [".lease.999999", ".tmp.999999"] {
+        std::fs::write(node.data_dir.join("podnet").join(stale), "x").unwrap_or_default();
+    }
+    let mut conf = node.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let (ok, v) = node.cni("GC", "", "", "", &conf);
+    assert!(ok, "{v}");
+    assert_eq!(node.leases().len(), 1, "GC released a lease in use");
+    assert_eq!(node.host_veths().len(), 1, "GC removed a veth in use");
+    let names: Vec<String> = std::fs::read_dir(node.data_dir.join("podnet"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(".lease.") || n.starts_with(".tmp.")),
+        "stale temporary files left: {names:?}"
+    );
+    drop(held);
+    let (ok, v) = node.cni("GC", "", "", "", &conf);
+    assert!(ok, "{v}");
+    assert!(node.leases().is_empty() && node.host_veths().is_empty());
+}
+
+#[test]
+fn version_answers_libcnis_validation_probe() {
+    // libcni (podman's CNI backend, containerd's go-cni) validates a network with
+    // VERSION and placeholder values for the attachment variables.
+    let out = Command::new(BIN)
+        .env("CNI_COMMAND", "VERSION")
+        .env("CNI_NETNS", "dummy")
+        .env("CNI_IFNAME", "dummy")
+        .env("CNI_PATH", "dummy")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        v["supportedVersions"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("1.1.0"))),
+        "{v}"
+    );
+}
+
+#[test]
+fn run_by_hand_it_says_what_it_is() {
+    let out = Command::new(BIN)
+        .env_remove("CNI_COMMAND")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("podnet-cni")
+            && stderr
+                .contains("CNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["code"], 4, "the error JSON still goes to stdout: {v}");
+}
+
+/// podman's CNI backend (libcni, as containerd's go-cni uses it) drives podnet-cni:
+/// it validates the network (VERSION with placeholders), runs two containers on it
+/// that reach each other over IPv4 and IPv6, and releases everything when they go.
+/// podman runs in a node namespace of the test's own, with every path of its own.
+#[test]
+fn podman_runs_two_containers_on_a_podnet_network() {
+    require_root();
+    let podman = Path::new("/usr/bin/podman");
+    assert!(
+        podman.is_file()
+            && Path::new("/usr/sbin/runc").is_file()
+            && Path::new("/bin/busybox").is_file(),
+        "podman, runc and busybox-static are needed (scripts/test installs the Debian packages)"
+    );
+    let node = Node::new(&["10.244.20.0/24", "fd00:10:244:20::/64"]);
+    let root = std::env::temp_dir().join(unique("pncni-podman"));
+    for d in ["bin", "net.d", "rootfs/bin", "storage", "run", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::copy(BIN, root.join("bin/podnet-cni")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy("/bin/busybox", root.join("rootfs/bin/busybox"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for applet in ["sh", "sleep", "ping", "ip"] {
+        std::os::unix::fs::symlink("busybox", root.join("rootfs/bin").join(applet))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let conflist = json!({"cniVersion": "1.0.0", "name": "podnet", "plugins": [
+        {"type": "podnet-cni", "bridge": "podnet0", "podCIDRs": node.cidrs, "dataDir": node.data_dir}]});
+    std::fs::write(root.join("net.d/10-podnet.conflist"), conflist.to_string()).unwrap_or_default();
+    let r = root.display();
+    // runc, not crun: Debian's crun refuses this machine's hybrid cgroup layout. No
+    // default ulimits: root here lacks CAP_SYS_RESOURCE to raise them.
+    let containers_conf = format!(
+        "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{r}/bin\"]\nnetwork_config_dir = \"{r}/net.d\"\n\
+         [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{r}/events.log\"\n\
+         runtime = \"runc\"\ntmp_dir = \"{r}/tmp\"\nvolume_path = \"{r}/volumes\"\nstatic_dir = \"{r}/static\"\n\
+         [containers]\ndefault_ulimits = []\npids_limit = 0\n"
+    );
+    std::fs::write(root.join("containers.conf"), containers_conf).unwrap_or_default();
+    std::fs::write(
+        root.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{r}/storage\"\nrunroot = \"{r}/run\"\n"
+        ),
+    )
+    .unwrap_or_default();
+    // In the node's network namespace (the plugin's "host"), with the host's mounts.
+    let podman_cmd = |args: &[&str]| -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", node.ns.path()))
+            .arg(podman)
+            .args(args)
+            .env("CONTAINERS_CONF", root.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", root.join("storage.conf"))
+            .output()
+            .unwrap_or_else(|e| panic!("podman {args:?}: {e}"))
+    };
+    let rootfs = root.join("rootfs").display().to_string();
+    let mut ips_of = Vec::new();
+    for name in ["pna", "pnb"] {
+        let out = podman_cmd(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "podnet",
+            "--rootfs",
+            &rootfs,
+            "sleep",
+            "300",
+        ]);
+        assert!(
+            out.status.success(),
+            "podman run {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = podman_cmd(&["exec", name, "ip", "-o", "addr", "show", "eth0"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let addrs: Vec<String> = text
+            .split_whitespace()
+            .filter(|w| w.starts_with("10.244.20.") || w.starts_with("fd00:10:244:20:"))
+            .map(addr_only)
+            .collect();
+        assert_eq!(addrs.len(), 2, "{name}: {text}");
+        ips_of.push(addrs);
+    }
+    for target in &ips_of[1] {
+        let out = podman_cmd(&["exec", "pna", "ping", "-c", "1", "-W", "2", target]);
+        assert!(
+            out.status.success(),
+            "pna cannot reach pnb at {target}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(node.leases().len(), 4);
+    let out = podman_cmd(&["rm", "-f", "-t", "0", "pna", "pnb"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node.leases().is_empty(), "leases left: {:?}", node.leases());
+    assert!(
+        node.host_veths().is_empty(),
+        "veths left: {:?}",
+        node.host_veths()
+    );
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg(root.join("storage"))
+        .output();
+    let _ = std::fs::remove_dir_all(&root);
+}

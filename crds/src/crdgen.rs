@@ -83,12 +83,23 @@ pub(crate) fn cidr_list_schema(min_items: u32, message: &str) -> Schema {
     })
 }
 
+/// Makes a status list written by one owner atomic: server-side apply then replaces it
+/// as a whole, so an owner restoring it also removes entries someone else added by hand
+/// (with `set`, those would stay, owned by whoever added them). Entries stay unique.
+pub(crate) fn owned_whole(mut schema: Schema) -> Schema {
+    schema.insert("x-kubernetes-list-type".into(), "atomic".into());
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{"rule": "self.all(x, self.exists_one(y, x == y))", "message": "entries must be unique"}]),
+    );
+    schema
+}
+
 /// A list of canonical IP addresses, at most one per family.
 pub(crate) fn ip_list_schema(message: &str) -> Schema {
     json_schema!({
         "type": "array",
         "maxItems": 2,
-        "x-kubernetes-list-type": "set",
         "items": {
             "type": "string",
             "maxLength": MAX_IP_LEN,

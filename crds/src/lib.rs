@@ -11,15 +11,19 @@ mod noderoute;
 mod podnetwork;
 
 pub use conditions::{
-    ConditionStatus, condition_is, find_condition, make_condition, same_conditions,
+    ConditionStatus, condition_is, condition_type, find_condition, make_condition, reason,
+    same_conditions,
 };
 pub use crdgen::{CrdFile, crd_files};
 pub use noderoute::{NodeRoute, NodeRouteSpec, NodeRouteStatus};
 pub use podnetwork::{
     Masquerade, NodeMaskSize, PodNetwork, PodNetworkSpec, PodNetworkStatus, PoolUsage,
+    QuarantinedCidr,
 };
 
 /// The API group of every podnet resource.
 pub const GROUP: &str = "podnet.dev";
 /// The API version served and stored.
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every podnet object.
+pub const API_VERSION: &str = "podnet.dev/v1alpha1";

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::crdgen::{cidr_list_schema, conditions_schema, ip_list_schema};
+use crate::crdgen::{cidr_list_schema, conditions_schema, ip_list_schema, owned_whole};
 
 /// The routing state of one node: its addresses and the pod CIDRs the operator allocated
 /// to it. Named after its Node and owned by it; the node's daemon reports whether the
@@ -107,12 +107,15 @@ pub struct NodeRouteStatus {
     pub observed_generation: Option<i64>,
 }
 
+// Written as a whole by the operator (see `owned_whole`).
 fn node_ips_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    ip_list_schema("must be an IP address in canonical form, such as 198.18.0.2 or 2001:db8::2")
+    owned_whole(ip_list_schema(
+        "must be an IP address in canonical form, such as 198.18.0.2 or 2001:db8::2",
+    ))
 }
 
 fn pod_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut s = cidr_list_schema(0, "must be a CIDR in canonical form, such as 10.244.3.0/24");
     s.insert("maxItems".into(), 2.into());
-    s
+    owned_whole(s)
 }

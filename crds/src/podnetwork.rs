@@ -4,11 +4,11 @@
 // duplicated_attributes lint mistakes for copy-paste.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::crdgen::{cidr_list_schema, conditions_schema};
+use crate::crdgen::{cidr_list_schema, conditions_schema, owned_whole};
 
 /// A pool of pod addresses. The operator gives every node it selects one CIDR of
 /// `nodeMaskSize` per IP family out of `cidrs`, and the node daemons program routes and
@@ -179,6 +179,33 @@ pub struct PodNetworkStatus {
     /// IPv6 pool usage, when the network has IPv6 CIDRs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<PoolUsage>,
+    /// Every CIDR this network serves nodes from: the entries of spec.cidrs, plus entries
+    /// removed from spec.cidrs that nodes still use (draining) until the last such node
+    /// leaves. Node daemons route a node's CIDR only if it lies inside one of these, and
+    /// never masquerade traffic to them.
+    #[serde(default, rename = "servedCIDRs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "served_cidrs_schema")]
+    pub served_cidrs: Vec<String>,
+    /// Node CIDRs released recently (their NodeRoute or Node was deleted). Each is held
+    /// back from other nodes for the operator's quarantine period, because pods may still
+    /// run with addresses from it; a node that comes back under the same name gets it
+    /// again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantine: Vec<QuarantinedCidr>,
+}
+
+/// A node CIDR held back from reuse after its node released it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedCidr {
+    /// The node CIDR.
+    #[schemars(length(max = 64))]
+    pub cidr: String,
+    /// The node that held it; it gets the CIDR back if it returns.
+    #[schemars(length(max = 253))]
+    pub node: String,
+    /// When the operator saw the release (RFC 3339).
+    pub released_at: Time,
 }
 
 /// How many node CIDRs of one family the pool holds and how many are handed out.
@@ -196,6 +223,11 @@ fn pool_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         1,
         "must be a CIDR in canonical form, such as 10.244.0.0/16 or fd00:10:244::/56",
     )
+}
+
+// Written as a whole by the operator (see `owned_whole`).
+fn served_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    owned_whole(cidr_list_schema(0, "must be a CIDR in canonical form"))
 }
 
 fn non_masquerade_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -72,6 +72,10 @@ pub struct LabState {
     pub pods: Vec<Pod>,
     /// The external host's addresses.
     pub external_ips: Vec<String>,
+    /// Each node's routes of other owners (kernel, static...) once the lab first
+    /// converged: podnet must never change them.
+    #[serde(default)]
+    pub baseline_routes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 fn ns_run(ns: &str, args: &[&str]) -> Result<String, LabError> {
@@ -132,6 +136,7 @@ pub async fn up(
         nodes: Vec::new(),
         pods: Vec::new(),
         external_ips: vec!["198.18.0.100".into(), "2001:db8:18::100".into()],
+        baseline_routes: Default::default(),
     };
     // From here on, a failure still leaves a state file that `down` can clean up.
     let result = build(&mut state, nodes, &kubeconfig, progress).await;
@@ -185,6 +190,11 @@ async fn build(
     );
     let step = Instant::now();
     wait_programmed(state, Duration::from_secs(60)).await?;
+    for n in &state.nodes {
+        state
+            .baseline_routes
+            .insert(n.name.clone(), crate::probes::foreign_routes(&n.netns)?);
+    }
     progress("every node programmed routes to every peer", step.elapsed());
     Ok(())
 }
@@ -194,6 +204,10 @@ async fn build(
 fn lab_log_filter() -> String {
     std::env::var("PODNET_LAB_LOG").unwrap_or_else(|_| "info".to_string())
 }
+
+/// The lab operator's CIDR quarantine, in seconds: long enough for the fault suite to see
+/// that a released CIDR is held back, short enough for its churn and exhaustion rounds.
+pub const LAB_QUARANTINE_SECS: u64 = 10;
 
 /// Starts a podnet-operator replica named `identity` as the chart's service account;
 /// its log is `<identity>.log` in the state dir. Replicas share the Lease
@@ -216,6 +230,7 @@ pub fn start_operator(
         ("PODNET_LEASE_DURATION", "4".to_string()),
         ("PODNET_RENEW_DEADLINE", "2.5".to_string()),
         ("PODNET_RETRY_PERIOD", "0.5".to_string()),
+        ("PODNET_CIDR_QUARANTINE", LAB_QUARANTINE_SECS.to_string()),
     ];
     let log = if identity == "operator-0" {
         state.dir.join("operator.log")
@@ -253,6 +268,10 @@ pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
         &dir.join("net.d").display().to_string(),
         "--ipam-dir",
         &dir.join("ipam").display().to_string(),
+        "--state-dir",
+        &dir.join("state").display().to_string(),
+        "--startup-grace",
+        "2",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -295,12 +314,13 @@ pub fn log_tails(state: &LabState, n: usize) -> String {
     out
 }
 
-/// Waits until every node's NodeRoute says it programmed a route to each peer CIDR
-/// (two per peer: IPv4 and IPv6).
+/// Waits until every node's NodeRoute says `Programmed=True/Programmed` with a route to
+/// each peer CIDR (two per peer: IPv4 and IPv6), nothing refused.
 pub async fn wait_programmed(state: &LabState, timeout: Duration) -> Result<(), LabError> {
     let kc = state.control_plane.kubeconfig.display().to_string();
     let want = format!(
-        "{} routes programmed, 0 peers skipped",
+        "True {} {} routes programmed",
+        podnet_crds::reason::PROGRAMMED,
         2 * state.nodes.len().saturating_sub(1)
     );
     let deadline = Instant::now() + timeout;
@@ -311,7 +331,7 @@ pub async fn wait_programmed(state: &LabState, timeout: Duration) -> Result<(), 
                 "get",
                 "nr",
                 "-o",
-                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Programmed\")].message}{\"\\n\"}{end}",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Programmed\")].status} {.status.conditions[?(@.type==\"Programmed\")].reason} {.status.conditions[?(@.type==\"Programmed\")].message}{\"\\n\"}{end}",
             ],
             "",
         )?;

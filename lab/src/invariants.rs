@@ -5,6 +5,9 @@
 //! - every Node has a NodeRoute that is Allocated, or says its pool is exhausted;
 //! - every lab node's kernel holds exactly the podnet routes (protocol 233) to every
 //!   peer's CIDRs via that peer's address of the same family: none missing, none leaked;
+//!   each inside a CIDR its PodNetwork serves, none a default route, none overlapping a
+//!   network the node is on; and the node's routes of other owners are exactly those it
+//!   had when the lab first converged;
 //! - every lab node holds exactly one lease per pod address, one attachment record and
 //!   one host veth per pod: nothing leaked;
 //! - every pod still has its addresses, and every pod reaches every pod and the
@@ -74,11 +77,27 @@ pub async fn check(state: &LabState, connectivity: bool) -> Result<Report, Strin
         .await
         .map_err(err)?
         .items;
-    let nodes = Api::<Node>::all(client)
+    let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map_err(err)?
         .items;
+    // Every CIDR a PodNetwork serves: where podnet routes may lead.
+    let pools: Vec<IpNet> = Api::<podnet_crds::PodNetwork>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map_err(err)?
+        .items
+        .iter()
+        .flat_map(|pn| {
+            pn.spec
+                .cidrs
+                .iter()
+                .chain(pn.status.iter().flat_map(|s| s.served_cidrs.iter()))
+                .filter_map(|c| c.parse::<IpNet>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut report = Report {
         nodes: nodes.len(),
         ..Default::default()
@@ -162,6 +181,42 @@ pub async fn check(state: &LabState, connectivity: bool) -> Result<Report, Strin
             let leaked: Vec<_> = have.difference(&want).collect();
             return Err(format!(
                 "{}: routes missing {missing:?}, leaked {leaked:?}",
+                n.name
+            ));
+        }
+        // Against the pools, not only against NodeRoute status (which can be wrong).
+        let foreign = crate::probes::foreign_routes(&n.netns).map_err(err)?;
+        for (dst, _) in &have {
+            let net: IpNet = dst
+                .parse()
+                .or_else(|_| format!("{dst}/{}", if dst.contains(':') { 128 } else { 32 }).parse())
+                .map_err(|_| format!("{}: podnet route to {dst:?}", n.name))?;
+            if net.prefix_len() == 0 || !pools.iter().any(|p| p.contains(&net)) {
+                return Err(format!(
+                    "{}: podnet route to {net} lies outside every served pool {pools:?}",
+                    n.name
+                ));
+            }
+            if let Some(f) = foreign.iter().find(|f| {
+                f.contains(" proto kernel")
+                    && f.split(' ')
+                        .next()
+                        .and_then(|d| d.parse::<IpNet>().ok())
+                        .is_some_and(|c| c.contains(&net) || net.contains(&c))
+            }) {
+                return Err(format!(
+                    "{}: podnet route to {net} overlaps the node's network ({f})",
+                    n.name
+                ));
+            }
+        }
+        if let Some(baseline) = state.baseline_routes.get(&n.name)
+            && *baseline != foreign
+        {
+            let gone: Vec<_> = baseline.iter().filter(|r| !foreign.contains(r)).collect();
+            let new: Vec<_> = foreign.iter().filter(|r| !baseline.contains(r)).collect();
+            return Err(format!(
+                "{}: routes podnet does not own changed: gone {gone:?}, new {new:?}",
                 n.name
             ));
         }

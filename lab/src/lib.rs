@@ -11,13 +11,16 @@ pub mod cluster;
 pub(crate) mod controlplane;
 mod error;
 pub mod invariants;
+pub mod probes;
 mod runtime_dir;
 pub mod testing;
 mod tools;
+mod wait;
 
 pub use controlplane::{ControlPlane, ControlPlaneOptions, DetachedControlPlane};
 pub use error::LabError;
 pub use tools::Tools;
+pub use wait::{WaitTimeout, wait_for, wait_until};
 
 /// Runs a command (no shell) and returns its stdout; fails with its stderr.
 pub fn run_ok(args: &[&str]) -> Result<String, LabError> {

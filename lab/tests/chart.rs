@@ -618,6 +618,8 @@ async fn rbac_is_least_privilege(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
                 false,
             ),
             (&["get", "nodes"], false),
+            (&["create", "events.events.k8s.io", "-n", "default"], true),
+            (&["delete", "events.events.k8s.io", "-n", "default"], false),
             (&["get", "secrets", "-n", ns], false),
             (&["list", "secrets", "--all-namespaces"], false),
         ],

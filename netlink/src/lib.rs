@@ -23,7 +23,7 @@ use nix::errno::Errno;
 
 pub use link::{LinkInfo, LinkKind};
 pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-pub use route::{Route, RouteFilter};
+pub use route::{Address, Dad, Route, RouteFilter};
 
 /// What can go wrong talking to the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,20 @@ impl Error {
             Self::Kernel { errno, .. } => Some(*errno),
             _ => None,
         }
+    }
+
+    /// Whether the kernel refused because the object exists already (EEXIST).
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(Errno::EEXIST)
+    }
+
+    /// Whether the kernel refused because the object does not exist (ENODEV, ESRCH,
+    /// ENOENT, EADDRNOTAVAIL).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(Errno::ENODEV | Errno::ESRCH | Errno::ENOENT | Errno::EADDRNOTAVAIL)
+        )
     }
 }
 
@@ -148,6 +162,13 @@ impl Netlink {
         Ok(self.seq)
     }
 
+    /// Receives one datagram and decodes every message in it. The one receive loop of
+    /// this crate: requests, batches and notifications all read through it.
+    fn recv_batch(&mut self) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        decode_batch(&self.buf[..n])
+    }
+
     /// Sends a request and collects its replies until the ack or the end of a dump.
     /// `op` names the request in errors.
     pub(crate) fn request(
@@ -160,17 +181,7 @@ impl Netlink {
         let seq = self.send(msg, if dump { flags } else { flags | NLM_F_ACK })?;
         let mut out = Vec::new();
         loop {
-            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-            let buf = &self.buf[..n];
-            let mut offset = 0;
-            while offset < buf.len() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(Error::Decode("zero-length netlink message".into()));
-                }
-                offset += len;
+            for msg in self.recv_batch()? {
                 if msg.header.sequence_number != seq {
                     continue; // a notification or a stale reply
                 }
@@ -185,13 +196,8 @@ impl Netlink {
                         };
                     }
                     NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::InnerMessage(inner) => {
-                        out.push(inner);
-                        if !dump {
-                            // Non-dump requests answer with one message, then the ack.
-                            continue;
-                        }
-                    }
+                    // Non-dump requests answer with one message, then the ack.
+                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
                     _ => {}
                 }
             }
@@ -199,16 +205,17 @@ impl Netlink {
     }
 
     /// Sends many requests in few `send(2)` calls (the kernel handles each message of a
-    /// send in order) and waits for every ack. Returns the first error, after reading
-    /// all acks of the chunk it belongs to. Much cheaper than one round trip each.
+    /// send in order) and waits for every ack. Every request is attempted; returns the
+    /// index and error of each one the kernel refused. Much cheaper than one round trip
+    /// each.
     pub(crate) fn request_many(
         &mut self,
         msgs: Vec<RouteNetlinkMessage>,
         flags: u16,
         op: impl Fn(usize) -> String,
-    ) -> Result<()> {
+    ) -> Vec<(usize, Error)> {
         const CHUNK: usize = 256;
-        let mut first_err = None;
+        let mut errors = Vec::new();
         for (chunk_no, chunk) in msgs.chunks(CHUNK).enumerate() {
             let mut buf = Vec::new();
             let first_seq = self.seq.wrapping_add(1);
@@ -225,37 +232,64 @@ impl Netlink {
                 buf.resize(start + nl.buffer_len(), 0);
                 nl.serialize(&mut buf[start..]);
             }
-            self.socket.send(&buf, 0)?;
+            let base = chunk_no * CHUNK;
+            if let Err(e) = self.socket.send(&buf, 0) {
+                // Nothing of this chunk reached the kernel: each request failed.
+                let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                errors.extend((0..chunk.len()).map(|i| {
+                    (
+                        base + i,
+                        Error::Kernel {
+                            op: op(base + i),
+                            errno,
+                        },
+                    )
+                }));
+                continue;
+            }
             let mut pending = chunk.len();
             while pending > 0 {
-                let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-                let mut offset = 0;
-                while offset < n {
-                    let msg =
-                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
-                            .map_err(|e| Error::Decode(e.to_string()))?;
-                    let len = msg.header.length as usize;
-                    if len == 0 {
-                        return Err(Error::Decode("zero-length netlink message".into()));
+                let batch = match self.recv_batch() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // The socket broke: the unacknowledged requests count as failed.
+                        let errno = match &e {
+                            Error::Io(io) => Errno::from_raw(io.raw_os_error().unwrap_or(0)),
+                            _ => Errno::EIO,
+                        };
+                        for i in chunk.len() - pending..chunk.len() {
+                            errors.push((
+                                base + i,
+                                Error::Kernel {
+                                    op: op(base + i),
+                                    errno,
+                                },
+                            ));
+                        }
+                        break;
                     }
-                    offset += len;
+                };
+                for msg in batch {
                     let seq = msg.header.sequence_number.wrapping_sub(first_seq) as usize;
                     if seq >= chunk.len() {
                         continue;
                     }
                     if let NetlinkPayload::Error(e) = msg.payload {
                         pending -= 1;
-                        if let (Some(code), None) = (e.code, &first_err) {
-                            first_err = Some(Error::Kernel {
-                                op: op(chunk_no * CHUNK + seq),
-                                errno: Errno::from_raw(-code.get()),
-                            });
+                        if let Some(code) = e.code {
+                            errors.push((
+                                base + seq,
+                                Error::Kernel {
+                                    op: op(base + seq),
+                                    errno: Errno::from_raw(-code.get()),
+                                },
+                            ));
                         }
                     }
                 }
             }
         }
-        first_err.map_or(Ok(()), Err)
+        errors
     }
 
     /// Receives the next batch of notifications, waiting at most `timeout`.
@@ -275,21 +309,40 @@ impl Netlink {
             Err(Errno::EINTR) => return Ok(Vec::new()),
             Err(e) => return Err(Error::Io(e.into())),
         }
-        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-        let buf = &self.buf[..n];
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset < buf.len() {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                .map_err(|e| Error::Decode(e.to_string()))?;
-            if msg.header.length == 0 {
-                break;
-            }
-            offset += msg.header.length as usize;
-            if let NetlinkPayload::InnerMessage(m) = msg.payload {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .recv_batch()?
+            .into_iter()
+            .filter_map(|m| match m.payload {
+                NetlinkPayload::InnerMessage(m) => Some(m),
+                _ => None,
+            })
+            .collect())
     }
+}
+
+/// Decodes every netlink message of one datagram. A message whose header claims zero
+/// length, or more than the datagram holds, is an error: looping on it would never end,
+/// and skipping it would lose the messages after it.
+pub(crate) fn decode_batch(buf: &[u8]) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < buf.len() {
+        let rest = &buf[offset..];
+        let len = rest
+            .get(..4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| Error::Decode(format!("{} trailing bytes", rest.len())))?;
+        if len < 16 || len > rest.len() {
+            return Err(Error::Decode(format!(
+                "netlink message of length {len} with {} bytes left",
+                rest.len()
+            )));
+        }
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        out.push(msg);
+        // Messages are 4-byte aligned within a datagram.
+        offset += len.next_multiple_of(4);
+    }
+    Ok(out)
 }

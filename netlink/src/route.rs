@@ -10,7 +10,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
 
-use crate::{Netlink, Result};
+use crate::{Error, Netlink, Result};
 
 /// A unicast route in the main table: `dst/prefix [via gateway] [dev oif] proto P`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +25,50 @@ pub struct Route {
     pub oif: Option<u32>,
     /// Routing protocol number (who owns the route).
     pub protocol: u8,
+}
+
+/// IPv6 duplicate address detection for a new address (IPv4 has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dad {
+    /// Let the kernel probe the address first (it stays "tentative" meanwhile).
+    Run,
+    /// Use the address at once: for addresses podnet alone hands out (pod addresses
+    /// from its own lease store, the bridge's gateway addresses).
+    Skip,
+}
+
+/// An address on a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    /// The link's index.
+    pub index: u32,
+    /// The address.
+    pub ip: IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// Whether its scope is global (not host or link).
+    pub global: bool,
+}
+
+impl Address {
+    fn from_message(a: &AddressMessage) -> Option<Self> {
+        // IFA_ADDRESS is the peer on point-to-point links; IFA_LOCAL is the local
+        // address when present.
+        let local = a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let address = a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        Some(Self {
+            index: a.header.index,
+            ip: local.or(address)?,
+            prefix: a.header.prefix_len,
+            global: a.header.scope == AddressScope::Universe,
+        })
+    }
 }
 
 /// Which routes a dump returns.
@@ -113,9 +157,9 @@ impl Route {
 }
 
 impl Netlink {
-    /// Adds `ip/prefix` on link `index`; `nodad` skips IPv6 duplicate address detection.
-    /// EEXIST when it is there already.
-    pub fn add_address(&mut self, index: u32, ip: IpAddr, prefix: u8, nodad: bool) -> Result<()> {
+    /// Adds `ip/prefix` on link `index`, with or without IPv6 duplicate address
+    /// detection. EEXIST when it is there already.
+    pub fn add_address(&mut self, index: u32, ip: IpAddr, prefix: u8, dad: Dad) -> Result<()> {
         let mut msg = AddressMessage::default();
         msg.header.family = family(&ip);
         msg.header.prefix_len = prefix;
@@ -123,7 +167,7 @@ impl Netlink {
         msg.header.scope = AddressScope::Universe;
         msg.attributes.push(AddressAttribute::Local(ip));
         msg.attributes.push(AddressAttribute::Address(ip));
-        if nodad {
+        if dad == Dad::Skip {
             msg.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
@@ -137,6 +181,16 @@ impl Netlink {
 
     /// The addresses (with prefix lengths) on link `index`, global scope only.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|a| a.index == index && a.global)
+            .map(|a| (a.ip, a.prefix))
+            .collect())
+    }
+
+    /// Every address on every link of the namespace.
+    pub fn all_addresses(&mut self) -> Result<Vec<Address>> {
         let replies = self.request(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
             NLM_F_DUMP,
@@ -145,17 +199,27 @@ impl Netlink {
         Ok(replies
             .iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a)
-                    if a.header.index == index && a.header.scope == AddressScope::Universe =>
-                {
-                    a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Address(ip) => Some((*ip, a.header.prefix_len)),
-                        _ => None,
-                    })
-                }
+                RouteNetlinkMessage::NewAddress(a) => Address::from_message(a),
                 _ => None,
             })
             .collect())
+    }
+
+    /// Removes `ip/prefix` from link `index`; Ok(false) when it was not there.
+    pub fn del_address(&mut self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(&ip);
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        match self.request(RouteNetlinkMessage::DelAddress(msg), 0, || {
+            format!("removing {ip}/{prefix} from link {index}")
+        }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(Errno::EADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds a route; EEXIST when an equal one exists.
@@ -188,16 +252,31 @@ impl Netlink {
         .map(drop)
     }
 
-    /// Adds or replaces many routes in batched requests.
-    pub fn replace_routes(&mut self, routes: &[Route]) -> Result<()> {
+    /// Creates many routes in batched requests; a route whose destination is taken
+    /// (by anyone) is refused with EEXIST, never replaced. Returns every refusal.
+    pub fn create_routes(&mut self, routes: &[Route]) -> Vec<(Route, Error)> {
+        self.route_batch(routes, NLM_F_CREATE | NLM_F_EXCL, "creating")
+    }
+
+    /// Replaces many routes in batched requests (creating any that are missing). Only
+    /// for routes the caller owns: the kernel replaces whatever holds the destination.
+    /// Returns every refusal.
+    pub fn replace_routes(&mut self, routes: &[Route]) -> Vec<(Route, Error)> {
+        self.route_batch(routes, NLM_F_CREATE | NLM_F_REPLACE, "replacing")
+    }
+
+    fn route_batch(&mut self, routes: &[Route], flags: u16, verb: &str) -> Vec<(Route, Error)> {
         let msgs = routes
             .iter()
             .map(|r| RouteNetlinkMessage::NewRoute(r.message()))
             .collect();
-        self.request_many(msgs, NLM_F_CREATE | NLM_F_REPLACE, |i| {
+        self.request_many(msgs, flags, |i| {
             let r = &routes[i];
-            format!("replacing route {}/{} via {:?}", r.dst, r.prefix, r.gateway)
+            format!("{verb} route {}/{} via {:?}", r.dst, r.prefix, r.gateway)
         })
+        .into_iter()
+        .map(|(i, e)| (routes[i].clone(), e))
+        .collect()
     }
 
     /// Deletes a route; Ok(false) when it was not there.

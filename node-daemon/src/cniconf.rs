@@ -1,30 +1,17 @@
 //! The CNI configuration file for podnet-cni, written atomically and only on change.
+//! Its format is [`podnet_contract::ConfList`], the type podnet-cni parses.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use serde_json::json;
+pub use podnet_contract::CONFLIST_FILE as CONFLIST;
+use podnet_contract::ConfList;
 
-/// The conflist file name (sorted first among typical configs).
-pub const CONFLIST: &str = "10-podnet.conflist";
-
-/// The conflist for this node.
+/// The conflist text for this node.
 pub fn render(pod_cidrs: &[IpNet], mtu: u32, bridge: &str, data_dir: &Path) -> String {
-    let conf = json!({
-        "cniVersion": "1.1.0",
-        "name": "podnet",
-        "plugins": [{
-            "type": "podnet-cni",
-            "bridge": bridge,
-            "podCIDRs": pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "mtu": mtu,
-            "dataDir": data_dir,
-        }],
-    });
-    let mut text = serde_json::to_string_pretty(&conf).unwrap_or_default();
-    text.push('\n');
-    text
+    let cidrs: Vec<String> = pod_cidrs.iter().map(ToString::to_string).collect();
+    ConfList::for_node(&cidrs, mtu, bridge, &data_dir.display().to_string()).render()
 }
 
 /// Writes `content` to `dir/10-podnet.conflist` unless it is there already: a temporary

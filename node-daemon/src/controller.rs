@@ -1,35 +1,47 @@
 //! The daemon's loop: watch NodeRoutes and PodNetworks, and on every change and every
 //! resync period converge routes, masquerade rules and the CNI config; report
-//! `Programmed` on the node's own NodeRoute when it changes.
+//! `Programmed` on the node's own NodeRoute and refused peers as events on theirs.
+//!
+//! One pass ([`Daemon::sync`]) applies its parts independently — the bridge's
+//! addresses, routes, masquerade, the CNI config — and collects every error instead of
+//! stopping at the first; [`programmed`] (pure) turns the desired state and what the
+//! pass did into the condition.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::utils::Backoff;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use podnet_common::{ApiClients, Health, WatchBackoff, spawn_reflector, strip_managed_fields};
-use podnet_crds::{ConditionStatus, NodeRoute, PodNetwork, find_condition, make_condition};
+use podnet_crds::{
+    API_VERSION, ConditionStatus, NodeRoute, PodNetwork, condition_type, find_condition,
+    make_condition, reason,
+};
 use podnet_netlink::Netlink;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::cniconf;
-use crate::desired::{Desired, desired_state};
+use crate::desired::{Desired, Rejection, Rule, desired_state, rejection_keys};
 use crate::masquerade::Iptables;
-use crate::routes::reconcile_routes;
+use crate::routes::{KernelView, RouteReport, apply_routes, plan_routes, read_routes};
+use crate::state;
 
 /// The field manager of the daemon's status writes.
 pub const FIELD_MANAGER: &str = "podnet-daemon";
-/// The condition the daemon owns.
-pub const PROGRAMMED: &str = "Programmed";
 
 /// Where and how the daemon works.
 #[derive(Clone, Debug)]
@@ -44,8 +56,19 @@ pub struct DaemonConfig {
     pub bridge: String,
     /// podnet-cni's lease directory.
     pub ipam_dir: PathBuf,
+    /// Where the last programmed state is kept (`None`: nowhere).
+    pub state_dir: Option<PathBuf>,
     /// Drift check period.
     pub resync: Duration,
+    /// How long to wait for the API server at start before programming the saved state.
+    pub startup_grace: Duration,
+}
+
+/// Label of the per-rule metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// The rule's name ([`Rule::as_str`]).
+    pub rule: String,
 }
 
 /// The daemon's metrics.
@@ -53,7 +76,8 @@ pub struct DaemonConfig {
 pub struct DaemonMetrics {
     routes_desired: Gauge,
     routes_programmed: Gauge,
-    peers_skipped: Gauge,
+    routes_rejected: Family<RuleLabel, Gauge>,
+    rejections: Family<RuleLabel, Counter>,
     drift_repairs: Counter,
     errors: Counter,
     sync_duration: Histogram,
@@ -65,7 +89,8 @@ impl DaemonMetrics {
         let m = Self {
             routes_desired: Gauge::default(),
             routes_programmed: Gauge::default(),
-            peers_skipped: Gauge::default(),
+            routes_rejected: Family::default(),
+            rejections: Family::default(),
             drift_repairs: Counter::default(),
             errors: Counter::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -82,37 +107,131 @@ impl DaemonMetrics {
             m.routes_programmed.clone(),
         );
         r.register(
-            "peers_skipped",
-            "Peers without a route (bad data or not on-link)",
-            m.peers_skipped.clone(),
+            "routes_rejected",
+            "Peer CIDRs refused a route now, by the rule they break",
+            m.routes_rejected.clone(),
+        );
+        r.register(
+            "rejections",
+            "Peer CIDRs newly refused a route, by the rule they break",
+            m.rejections.clone(),
         );
         r.register(
             "drift_repairs",
             "Writes that repaired a difference found by a check",
             m.drift_repairs.clone(),
         );
-        r.register("errors", "Failed sync passes", m.errors.clone());
+        r.register("errors", "Sync passes with an error", m.errors.clone());
         r.register(
             "sync_duration_seconds",
             "Duration of one sync pass",
             m.sync_duration.clone(),
         );
+        for rule in Rule::ALL {
+            let label = RuleLabel {
+                rule: rule.as_str().into(),
+            };
+            m.routes_rejected.get_or_create(&label).set(0);
+            let _ = m.rejections.get_or_create(&label);
+        }
         m
     }
 }
 
-/// Errors of one sync pass.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// Netlink failed.
-    #[error(transparent)]
-    Netlink(#[from] podnet_netlink::Error),
-    /// iptables failed.
-    #[error(transparent)]
-    Masquerade(#[from] crate::masquerade::MasqueradeError),
-    /// Writing the CNI config failed.
-    #[error("writing the CNI config: {0}")]
-    CniConfig(#[from] std::io::Error),
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// The routes.
+    pub routes: RouteReport,
+    /// Peers refused, by the API-side and the kernel-side rules.
+    pub rejected: Vec<Rejection>,
+    /// Masquerade families rewritten.
+    pub masquerade_written: usize,
+    /// Whether the CNI config was (re)written.
+    pub cni_written: bool,
+    /// Stale addresses removed from the bridge.
+    pub bridge_addresses_removed: usize,
+    /// Every error of the pass (each part was still applied as far as it could be).
+    pub errors: Vec<String>,
+}
+
+impl PassReport {
+    fn writes(&self) -> usize {
+        self.routes.written
+            + self.routes.removed
+            + self.masquerade_written
+            + usize::from(self.cni_written)
+            + self.bridge_addresses_removed
+    }
+}
+
+/// The `Programmed` condition the daemon reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Programmed {
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// One of [`podnet_crds::reason`].
+    pub reason: &'static str,
+    /// The details.
+    pub message: String,
+}
+
+/// How many items of a list a condition message names before "and N more".
+const LISTED: usize = 5;
+
+fn listing<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut text: Vec<String> = items.iter().take(LISTED).map(ToString::to_string).collect();
+    if items.len() > LISTED {
+        text.push(format!("and {} more", items.len() - LISTED));
+    }
+    text.join("; ")
+}
+
+/// The condition for a pass: pure, from the desired state and what the pass did.
+pub fn programmed(desired: &Desired, report: &PassReport) -> Programmed {
+    let cond = |status, reason, message| Programmed {
+        status,
+        reason,
+        message,
+    };
+    if let Some(why) = &desired.own_invalid {
+        return cond(
+            ConditionStatus::False,
+            reason::OWN_ALLOCATION_INVALID,
+            format!("this node's pod CIDRs are unusable, the CNI config is left as it was: {why}"),
+        );
+    }
+    if desired.own_cidrs.is_empty() {
+        return cond(
+            ConditionStatus::False,
+            reason::WAITING_FOR_ALLOCATION,
+            "this node has no pod CIDR yet".into(),
+        );
+    }
+    let programmed = format!("{} routes programmed", report.routes.programmed);
+    if !report.errors.is_empty() {
+        return cond(
+            ConditionStatus::False,
+            reason::SYNC_FAILED,
+            format!(
+                "{programmed}; {} errors: {}",
+                report.errors.len(),
+                listing(&report.errors)
+            ),
+        );
+    }
+    if !report.rejected.is_empty() {
+        return cond(
+            ConditionStatus::True,
+            reason::ROUTES_REJECTED,
+            format!(
+                "{programmed}; {} rejected: {}",
+                report.rejected.len(),
+                listing(&report.rejected)
+            ),
+        );
+    }
+    cond(ConditionStatus::True, reason::PROGRAMMED, programmed)
 }
 
 /// The running daemon.
@@ -124,6 +243,13 @@ pub struct Daemon {
     notify: Arc<Notify>,
     health: Arc<Health>,
     metrics: DaemonMetrics,
+}
+
+/// What the reporter task publishes: the condition, and the rejections for events.
+#[derive(Clone, Debug, PartialEq)]
+struct Report {
+    programmed: Programmed,
+    rejected: Vec<Rejection>,
 }
 
 impl Daemon {
@@ -161,20 +287,74 @@ impl Daemon {
         }
     }
 
+    /// Waits for the caches; if the API server does not answer within the startup
+    /// grace, programs the state saved by the last run meanwhile (once). Returns false
+    /// on shutdown.
+    async fn wait_for_caches(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let synced = async {
+            let _ = self.noderoutes.wait_until_ready().await;
+            let _ = self.networks.wait_until_ready().await;
+        };
+        tokio::pin!(synced);
+        tokio::select! {
+            _ = &mut synced => return true,
+            _ = tokio::time::sleep(self.config.startup_grace) => {}
+            _ = shutdown.changed() => return false,
+        }
+        match self.config.state_dir.as_deref().map(state::load) {
+            Some(Ok(Some(saved))) => {
+                warn!(
+                    routes = saved.routes.len(),
+                    grace_s = self.config.startup_grace.as_secs_f64(),
+                    "the API server did not answer in time: programming the state saved by the last run"
+                );
+                match self.netlink() {
+                    Ok(mut nl) => {
+                        let report = self.sync(&mut nl, &saved);
+                        if report.errors.is_empty() {
+                            info!(routes = report.routes.programmed, "saved state programmed");
+                        } else {
+                            warn!(errors = ?report.errors, "saved state programmed with errors");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot open netlink"),
+                }
+            }
+            Some(Ok(None)) => {
+                info!("the API server did not answer in time and no state is saved; waiting");
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "the saved state is unusable; waiting for the API server")
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = synced => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+
     /// Runs until `shutdown`; leaves the dataplane as it is on exit.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        tokio::select! {
-            _ = async { let _ = self.noderoutes.wait_until_ready().await; let _ = self.networks.wait_until_ready().await; } => {}
-            _ = shutdown.changed() => return,
+        if !self.wait_for_caches(&mut shutdown).await {
+            return;
         }
         debug!(noderoutes = self.noderoutes.state().len(), "caches synced");
-        // The Programmed condition is written by its own task: the dataplane never waits
-        // on the API server (which may be slow, restarting, or gone).
+        // The Programmed condition and events are written by their own task: the
+        // dataplane never waits on the API server (which may be slow, restarting, gone).
         let (status_tx, status_rx) = watch::channel(None);
         let reporter = StatusReporter {
             api: Api::all(self.client.clone()),
             node_name: self.config.node_name.clone(),
             noderoutes: self.noderoutes.clone(),
+            recorder: Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: Some(self.config.node_name.clone()),
+                },
+            ),
+            announced: BTreeSet::new(),
         };
         let reporting = tokio::spawn(reporter.run(status_rx, self.config.resync));
         let mut netlink = None;
@@ -183,6 +363,7 @@ impl Daemon {
         // node's Programmed condition, say) costs no kernel check; the periodic check
         // (its own ticker, which events do not postpone) always looks at the kernel.
         let mut applied: Option<Desired> = None;
+        let mut seen_rejections = BTreeSet::new();
         let mut periodic = true;
         let mut ticker = tokio::time::interval(self.config.resync);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,6 +374,7 @@ impl Daemon {
                 &self.config.node_name,
                 &self.noderoutes.state(),
                 &self.networks.state(),
+                applied.as_ref(),
             );
             if periodic || applied.as_ref() != Some(&desired) {
                 let nl = match netlink.take() {
@@ -201,24 +383,24 @@ impl Daemon {
                 };
                 match nl {
                     Ok(mut nl) => {
-                        match self.sync(&mut nl, &desired, first) {
-                            Ok(summary) => {
-                                applied = Some(desired.clone());
-                                if first {
-                                    info!(routes = desired.routes.len(), "first sync applied");
-                                    self.health.set_ready(true);
-                                    first = false;
-                                }
-                                status_tx.send_if_modified(|s| replace(s, summary));
+                        let report = self.sync(&mut nl, &desired);
+                        self.record(&report, first, &mut seen_rejections);
+                        if report.errors.is_empty() {
+                            if first {
+                                info!(routes = report.routes.programmed, "first sync applied");
+                                self.health.set_ready(true);
+                                first = false;
                             }
-                            Err(e) => {
-                                self.metrics.errors.inc();
-                                warn!(error = %e, "sync failed; retrying");
-                                let status =
-                                    ("False".to_string(), "SyncFailed".to_string(), e.to_string());
-                                status_tx.send_if_modified(|s| replace(s, status));
-                            }
+                        } else {
+                            warn!(errors = ?report.errors, "sync failed in part: the rest of the pass was applied; retrying");
                         }
+                        self.save_state(&desired, &report);
+                        applied = Some(desired.clone());
+                        let next = Report {
+                            programmed: programmed(&desired, &report),
+                            rejected: report.rejected,
+                        };
+                        status_tx.send_if_modified(|s| replace(s, next));
                         netlink = Some(nl);
                     }
                     Err(e) => {
@@ -241,88 +423,180 @@ impl Daemon {
         info!("stopping; routes, rules and the CNI config stay in place");
     }
 
-    /// One pass. Returns the desired state and the Programmed condition to report.
-    fn sync(
+    /// Keeps what this pass programmed for a restart without an API server; only a
+    /// state whose own allocation is known is worth keeping.
+    fn save_state(&self, desired: &Desired, report: &PassReport) {
+        let Some(dir) = &self.config.state_dir else {
+            return;
+        };
+        if desired.own_cidrs.is_empty() || !report.errors.is_empty() {
+            return;
+        }
+        if let Err(e) = state::save(dir, desired) {
+            warn!(error = %e, "cannot save the programmed state");
+        }
+    }
+
+    fn record(
         &self,
-        nl: &mut Netlink,
-        desired: &Desired,
+        report: &PassReport,
         first: bool,
-    ) -> Result<(String, String, String), SyncError> {
-        let routes = reconcile_routes(nl, &desired.routes)?;
-        let masq = Iptables {
-            netns: self.config.netns.clone(),
+        seen: &mut BTreeSet<(String, Option<IpNet>, Rule)>,
+    ) {
+        if !report.errors.is_empty() {
+            self.metrics.errors.inc();
         }
-        .apply(desired.masquerade.as_ref())?;
-        let mut cni_written = false;
-        if !desired.own_cidrs.is_empty() {
-            let mtu = match desired.mtu {
-                Some(m) => m,
-                None => nl.default_route_mtu()?,
-            };
-            let text = cniconf::render(
-                &desired.own_cidrs,
-                mtu,
-                &self.config.bridge,
-                &self.config.ipam_dir,
-            );
-            cni_written = cniconf::write_if_changed(&self.config.cni_conf_dir, &text)?;
-        }
-        let writes = routes.written + routes.removed + masq.written + usize::from(cni_written);
+        let writes = report.writes();
         if writes > 0 {
             info!(
-                routes_written = routes.written,
-                routes_removed = routes.removed,
-                masquerade = masq.written,
-                cni_config = cni_written,
+                routes_written = report.routes.written,
+                routes_removed = report.routes.removed,
+                masquerade = report.masquerade_written,
+                cni_config = report.cni_written,
+                bridge_addresses_removed = report.bridge_addresses_removed,
                 "dataplane updated"
             );
             if !first {
                 self.metrics.drift_repairs.inc_by(writes as u64);
             }
         }
-        let mut skipped = desired.skipped.clone();
-        skipped.extend(routes.skipped.iter().cloned());
-        self.metrics.routes_desired.set(desired.routes.len() as i64);
-        self.metrics.routes_programmed.set(routes.programmed as i64);
-        self.metrics.peers_skipped.set(skipped.len() as i64);
-        let status = if desired.own_cidrs.is_empty() {
-            (
-                "False".into(),
-                "WaitingForAllocation".into(),
-                "this node has no pod CIDR yet".into(),
-            )
-        } else if skipped.is_empty() {
-            (
-                "True".into(),
-                "Programmed".into(),
-                format!("{} routes programmed, 0 peers skipped", routes.programmed),
-            )
-        } else {
-            let why: Vec<String> = skipped
-                .iter()
-                .take(5)
-                .map(|s| format!("{}: {}", s.node, s.reason))
-                .collect();
-            (
-                "True".into(),
-                "PeersSkipped".into(),
-                format!(
-                    "{} routes programmed, {} peers skipped ({})",
-                    routes.programmed,
-                    skipped.len(),
-                    why.join("; ")
-                ),
-            )
+        self.metrics
+            .routes_programmed
+            .set(report.routes.programmed as i64);
+        self.metrics
+            .routes_desired
+            .set((report.routes.programmed + report.rejected.len()) as i64);
+        let now = rejection_keys(&report.rejected);
+        for rule in Rule::ALL {
+            let label = RuleLabel {
+                rule: rule.as_str().into(),
+            };
+            let count = report.rejected.iter().filter(|r| r.rule == rule).count();
+            self.metrics
+                .routes_rejected
+                .get_or_create(&label)
+                .set(count as i64);
+        }
+        for r in &report.rejected {
+            if !seen.contains(&(r.node.clone(), r.cidr, r.rule)) {
+                warn!(peer = %r.node, cidr = ?r.cidr, rule = %r.rule, detail = %r.detail, "route refused");
+                self.metrics
+                    .rejections
+                    .get_or_create(&RuleLabel {
+                        rule: r.rule.as_str().into(),
+                    })
+                    .inc();
+            }
+        }
+        *seen = now;
+    }
+
+    /// One pass: each part applied on its own, every error collected.
+    pub fn sync(&self, nl: &mut Netlink, desired: &Desired) -> PassReport {
+        let mut report = PassReport {
+            rejected: desired.rejected.clone(),
+            ..Default::default()
         };
-        Ok(status)
+        let bridge = match nl.link_by_name(&self.config.bridge) {
+            Ok(b) => b,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("reading bridge {}: {e}", self.config.bridge));
+                None
+            }
+        };
+        if let Some(bridge) = &bridge
+            && !desired.own_cidrs.is_empty()
+        {
+            match remove_stale_gateways(nl, bridge.index, &desired.own_cidrs) {
+                Ok(n) => report.bridge_addresses_removed = n,
+                Err(e) => report.errors.push(format!("bridge addresses: {e}")),
+            }
+        }
+        let kernel = read_routes(nl).and_then(|routes| {
+            let addresses = nl
+                .all_addresses()?
+                .into_iter()
+                .filter(|a| Some(a.index) != bridge.as_ref().map(|b| b.index))
+                .filter_map(|a| IpNet::new(a.ip, a.prefix).ok())
+                .collect();
+            Ok(KernelView { routes, addresses })
+        });
+        match kernel {
+            Ok(kernel) => {
+                let plan = plan_routes(&desired.routes, &kernel);
+                report.rejected.extend(plan.rejected.iter().cloned());
+                report.routes = apply_routes(nl, &plan);
+                report.errors.extend(report.routes.errors.iter().cloned());
+            }
+            Err(e) => report
+                .errors
+                .push(format!("reading the routing table: {e}")),
+        }
+        report.rejected.sort();
+        match (Iptables {
+            netns: self.config.netns.clone(),
+        })
+        .apply(desired.masquerade.as_ref())
+        {
+            Ok(m) => report.masquerade_written = m.written,
+            Err(e) => report.errors.push(format!("masquerade: {e}")),
+        }
+        if !desired.own_cidrs.is_empty() {
+            let mtu = match desired.mtu {
+                Some(m) => Ok(m),
+                None => nl.default_route_mtu(),
+            };
+            match mtu {
+                Ok(mtu) => {
+                    let text = cniconf::render(
+                        &desired.own_cidrs,
+                        mtu,
+                        &self.config.bridge,
+                        &self.config.ipam_dir,
+                    );
+                    match cniconf::write_if_changed(&self.config.cni_conf_dir, &text) {
+                        Ok(w) => report.cni_written = w,
+                        Err(e) => report.errors.push(format!(
+                            "writing the CNI config into {}: {e}",
+                            self.config.cni_conf_dir.display()
+                        )),
+                    }
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("reading the default route's MTU: {e}")),
+            }
+        }
+        report
     }
 }
 
-/// The Programmed condition: status, reason, message.
-type Status = (String, String, String);
+/// Removes addresses from podnet's bridge that are not the gateway of one of this
+/// node's CIDRs (left from a CIDR the node no longer owns): their connected route
+/// would shadow the route to the peer that owns that CIDR now.
+fn remove_stale_gateways(
+    nl: &mut Netlink,
+    bridge: u32,
+    own: &[IpNet],
+) -> Result<usize, podnet_netlink::Error> {
+    let gateways: Vec<(std::net::IpAddr, u8)> = own
+        .iter()
+        .map(|n| (podnet_contract::gateway(n), n.prefix_len()))
+        .collect();
+    let mut removed = 0;
+    for (ip, prefix) in nl.addresses(bridge)? {
+        if !gateways.contains(&(ip, prefix)) && nl.del_address(bridge, ip, prefix)? {
+            info!(address = %format!("{ip}/{prefix}"), "removed a stale gateway address from the bridge");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
 
 /// Stores `new` in `slot`; true when that changed it (for `send_if_modified`).
-fn replace(slot: &mut Option<Status>, new: Status) -> bool {
+fn replace(slot: &mut Option<Report>, new: Report) -> bool {
     if slot.as_ref() == Some(&new) {
         return false;
     }
@@ -330,32 +604,38 @@ fn replace(slot: &mut Option<Status>, new: Status) -> bool {
     true
 }
 
-/// Writes this node's Programmed condition, apart from the dataplane loop.
+/// Writes this node's Programmed condition and the rejection events, apart from the
+/// dataplane loop.
 struct StatusReporter {
     api: Api<NodeRoute>,
     node_name: String,
     noderoutes: Store<NodeRoute>,
+    recorder: Recorder,
+    /// Rejections already announced as events (each is announced once while it lasts).
+    announced: BTreeSet<(String, Option<IpNet>, Rule)>,
 }
 
 impl StatusReporter {
-    /// Applies the latest status the loop published: at once when it changes, after a
-    /// backoff (250 ms to 4 s) when the write failed, and every `resync` otherwise (a
-    /// no-op unless the condition on the object differs, e.g. the NodeRoute was
-    /// re-created). Ends when the loop drops its sender.
-    async fn run(self, mut latest: watch::Receiver<Option<Status>>, resync: Duration) {
+    /// Applies the latest report whenever it changes, and again on every resync if the
+    /// object lost it; a failed write is retried with a short backoff.
+    async fn run(mut self, mut latest: watch::Receiver<Option<Report>>, resync: Duration) {
         let mut backoff = WatchBackoff::default();
+        let mut retry: Option<Duration> = None;
         let mut ticker = tokio::time::interval(resync);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
         loop {
-            let status = latest.borrow_and_update().clone();
-            let mut retry = None;
-            if let Some(status) = status {
-                match self.apply(&status).await {
-                    Ok(()) => backoff.reset(),
+            let report = latest.borrow_and_update().clone();
+            if let Some(report) = report {
+                self.announce(&report.rejected).await;
+                match self.apply(&report.programmed).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        retry = None;
+                    }
                     Err(e) => {
-                        warn!(error = %e, "could not report Programmed; retrying");
-                        retry = backoff.next();
+                        let delay = backoff.next().unwrap_or(resync);
+                        debug!(error = %e, ?delay, "status write failed; retrying");
+                        retry = Some(delay);
                     }
                 }
             }
@@ -367,9 +647,55 @@ impl StatusReporter {
         }
     }
 
+    /// One Warning event on each peer's NodeRoute for every rejection not announced yet.
+    async fn announce(&mut self, rejected: &[Rejection]) {
+        let now = rejection_keys(rejected);
+        self.announced.retain(|k| now.contains(k));
+        for r in rejected {
+            let key = (r.node.clone(), r.cidr, r.rule);
+            if self.announced.contains(&key) {
+                continue;
+            }
+            let Some(peer) = self
+                .noderoutes
+                .state()
+                .into_iter()
+                .find(|n| n.name_any() == r.node)
+            else {
+                continue;
+            };
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: reason::ROUTE_REJECTED.into(),
+                note: Some(
+                    format!(
+                        "node {} refuses a route to {}: {} ({})",
+                        self.node_name,
+                        r.cidr
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "this node".into()),
+                        r.rule,
+                        r.detail
+                    )
+                    .chars()
+                    .take(1000)
+                    .collect(),
+                ),
+                action: "Route".into(),
+                secondary: None,
+            };
+            match self.recorder.publish(&ev, &peer.object_ref(&())).await {
+                Ok(()) => {
+                    self.announced.insert(key);
+                }
+                Err(e) => debug!(error = %e, "could not publish an event"),
+            }
+        }
+    }
+
     /// Applies the Programmed condition on this node's NodeRoute (server-side apply,
     /// field manager podnet-daemon).
-    async fn apply(&self, (status, reason, message): &Status) -> Result<(), kube::Error> {
+    async fn apply(&self, programmed: &Programmed) -> Result<(), kube::Error> {
         let name = &self.node_name;
         let current = self
             .noderoutes
@@ -380,29 +706,27 @@ impl StatusReporter {
             return Ok(());
         };
         let previous = current.status.clone().unwrap_or_default().conditions;
-        let st = match status.as_str() {
-            "True" => ConditionStatus::True,
-            "False" => ConditionStatus::False,
-            _ => ConditionStatus::Unknown,
-        };
         let cond = make_condition(
             &previous,
-            PROGRAMMED,
-            st,
-            reason,
-            message.clone(),
+            condition_type::PROGRAMMED,
+            programmed.status,
+            programmed.reason,
+            programmed.message.clone(),
             current.metadata.generation,
         );
-        if find_condition(&previous, PROGRAMMED).is_some_and(|c| {
+        if find_condition(&previous, condition_type::PROGRAMMED).is_some_and(|c| {
             c.status == cond.status && c.reason == cond.reason && c.message == cond.message
         }) {
             return Ok(());
         }
-        let patch = json!({
-            "apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute",
-            "metadata": {"name": name},
-            "status": {"conditions": [cond]},
-        });
+        let patch = StatusPatch {
+            api_version: API_VERSION,
+            kind: "NodeRoute",
+            metadata: Meta { name },
+            status: ConditionsOnly {
+                conditions: vec![cond],
+            },
+        };
         self.api
             .patch_status(
                 name,
@@ -411,5 +735,107 @@ impl StatusReporter {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The server-side apply body of the daemon's status write: only its own condition
+/// (the operator's fields and condition are owned by the operator's field manager).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusPatch<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Meta<'a>,
+    status: ConditionsOnly,
+}
+
+#[derive(Debug, Serialize)]
+struct Meta<'a> {
+    name: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct ConditionsOnly {
+    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::PeerRoute;
+
+    fn desired() -> Desired {
+        Desired {
+            own_cidrs: vec!["10.244.1.0/24".parse().unwrap_or_default()],
+            routes: vec![PeerRoute {
+                dst: "10.244.2.0/24".parse().unwrap_or_default(),
+                via: "198.18.0.2"
+                    .parse()
+                    .unwrap_or(std::net::IpAddr::from([0; 4])),
+                node: "b".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn rejection(node: &str) -> Rejection {
+        Rejection {
+            node: node.into(),
+            cidr: "0.0.0.0/0".parse().ok(),
+            rule: Rule::DefaultRoute,
+            detail: "a default route is never a pod CIDR".into(),
+        }
+    }
+
+    #[test]
+    fn programmed_says_what_happened_in_order_of_importance() {
+        let mut report = PassReport::default();
+        report.routes.programmed = 1;
+        let ok = programmed(&desired(), &report);
+        assert_eq!(
+            (ok.status, ok.reason, ok.message.as_str()),
+            (
+                ConditionStatus::True,
+                reason::PROGRAMMED,
+                "1 routes programmed"
+            )
+        );
+        report.rejected = (0..7).map(|i| rejection(&format!("n{i}"))).collect();
+        let rej = programmed(&desired(), &report);
+        assert_eq!(rej.reason, reason::ROUTES_REJECTED);
+        assert_eq!(rej.status, ConditionStatus::True);
+        assert!(
+            rej.message.contains("n0 0.0.0.0/0: DefaultRoute"),
+            "{}",
+            rej.message
+        );
+        assert!(rej.message.ends_with("and 2 more"), "{}", rej.message);
+        report.errors = vec!["masquerade: iptables-restore: boom".into()];
+        let failed = programmed(&desired(), &report);
+        assert_eq!(
+            (failed.status, failed.reason),
+            (ConditionStatus::False, reason::SYNC_FAILED)
+        );
+        assert!(failed.message.contains("boom"));
+        let mut waiting = desired();
+        waiting.own_cidrs.clear();
+        assert_eq!(
+            programmed(&waiting, &report).reason,
+            reason::WAITING_FOR_ALLOCATION
+        );
+        waiting.own_invalid = Some("bad".into());
+        assert_eq!(
+            programmed(&waiting, &report).reason,
+            reason::OWN_ALLOCATION_INVALID
+        );
+    }
+
+    #[test]
+    fn listing_names_a_few_and_counts_the_rest() {
+        assert_eq!(listing(&["a", "b"]), "a; b");
+        assert_eq!(
+            listing(&["1", "2", "3", "4", "5", "6"]),
+            "1; 2; 3; 4; 5; and 1 more"
+        );
     }
 }

@@ -10,3 +10,4 @@ pub mod controller;
 pub mod desired;
 pub mod masquerade;
 pub mod routes;
+pub mod state;

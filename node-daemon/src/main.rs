@@ -43,7 +43,22 @@ fn config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
         ipam_dir: flags
             .get_or("ipam-dir", "PODNET_IPAM_DIR", "/run/podnet/ipam")
             .into(),
+        state_dir: Some(
+            flags
+                .get_or(
+                    "state-dir",
+                    "PODNET_STATE_DIR",
+                    podnet_contract::DEFAULT_STATE_DIR,
+                )
+                .into(),
+        )
+        .filter(|p: &PathBuf| !p.as_os_str().is_empty()),
         resync: flags.seconds("resync", "PODNET_RESYNC", Duration::from_secs(10))?,
+        startup_grace: flags.seconds(
+            "startup-grace",
+            "PODNET_STARTUP_GRACE",
+            Duration::from_secs(10),
+        )?,
     })
 }
 
@@ -58,7 +73,15 @@ fn netlink(cfg_netns: &Option<PathBuf>) -> anyhow::Result<Netlink> {
 fn cleanup(flags: &Flags) -> anyhow::Result<()> {
     let netns = flags.get("netns", "PODNET_NETNS").map(PathBuf::from);
     let mut nl = netlink(&netns)?;
-    let removed = routes::reconcile_routes(&mut nl, &[])?.removed;
+    let kernel = routes::KernelView {
+        routes: routes::read_routes(&mut nl)?,
+        addresses: Vec::new(),
+    };
+    let report = routes::apply_routes(&mut nl, &routes::plan_routes(&[], &kernel));
+    if !report.errors.is_empty() {
+        bail!("removing podnet's routes: {}", report.errors.join("; "));
+    }
+    let removed = report.removed;
     Iptables {
         netns: netns.clone(),
     }

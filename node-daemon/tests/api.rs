@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use podnet_crds::{NodeRoute, PodNetwork, find_condition};
+use podnet_crds::{NodeRoute, PodNetwork, condition_type, find_condition, reason};
 use podnet_lab::ControlPlane;
 use podnet_lab::testing::{ApiTest, Isolation, http_get, require_root, run_api_tests_with};
 use serde_json::json;
@@ -31,6 +31,14 @@ fn main() -> ExitCode {
             ApiTest::new(
                 "api_server_restart_leaves_the_dataplane_alone",
                 apiserver_restart,
+            ),
+            ApiTest::new(
+                "forged_statuses_never_touch_routes_podnet_does_not_own",
+                forged_statuses,
+            ),
+            ApiTest::new(
+                "unreachable_api_server_at_start_programs_the_saved_state",
+                saved_state_at_start,
             ),
         ],
     )
@@ -131,8 +139,26 @@ impl DaemonProc {
     }
 
     fn start_on(cp: &ControlPlane, ns: &NodeNs, ops: &str) -> anyhow::Result<Self> {
-        let log = cp.dir().join(format!("daemon-{}.log", ns.name));
-        let out = std::fs::File::create(&log)?;
+        Self::start_with(
+            cp.kubeconfig(),
+            &cp.dir().join(format!("daemon-{}.log", ns.name)),
+            ns,
+            ops,
+            &[],
+        )
+    }
+
+    fn start_with(
+        kubeconfig: &std::path::Path,
+        log: &std::path::Path,
+        ns: &NodeNs,
+        ops: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_podnet-daemon"))
             .args([
                 "run",
@@ -147,7 +173,10 @@ impl DaemonProc {
             ])
             .arg("--cni-conf-dir")
             .arg(&ns.conf_dir)
-            .env("KUBECONFIG", cp.kubeconfig())
+            .arg("--state-dir")
+            .arg(ns.conf_dir.join("state"))
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -207,8 +236,11 @@ async fn put_node(client: &Client, name: &str, ips: &[&str], cidrs: &[&str]) -> 
         "spec": {"nodeName": name, "podNetwork": "default"}});
     api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(nr))
         .await?;
+    // As the operator writes it: Allocated=True vouches for the CIDRs.
     let st = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": name},
-        "status": {"nodeIPs": ips, "podCIDRs": cidrs}});
+        "status": {"nodeIPs": ips, "podCIDRs": cidrs, "conditions": [{
+            "type": "Allocated", "status": "True", "reason": "Allocated", "message": "test",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
     api.patch_status(
         name,
         &PatchParams::apply("test-operator").force(),
@@ -272,13 +304,14 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         !v4.contains("10.244.1.0"),
         "a route to the node's own CIDR:\n{v4}"
     );
-    // Programmed, with counts and the skipped peer.
+    // Programmed, with counts and the refused peer.
     let api: Api<NodeRoute> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     let msg = loop {
         let nr = api.get("node-a").await?;
         let conds = nr.status.unwrap_or_default().conditions;
-        if let Some(c) = find_condition(&conds, "Programmed").filter(|c| c.reason == "PeersSkipped")
+        if let Some(c) = find_condition(&conds, condition_type::PROGRAMMED)
+            .filter(|c| c.reason == reason::ROUTES_REJECTED)
         {
             break c.message.clone();
         }
@@ -289,9 +322,9 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     ensure!(
-        msg.contains("2 routes programmed, 1 peers skipped")
+        msg.contains("2 routes programmed; 1 rejected")
             && msg.contains("node-far")
-            && msg.contains("not on-link"),
+            && msg.contains("GatewayNotOnLink"),
         "{msg}"
     );
     // The CNI config: own CIDRs and the network's MTU; written once.
@@ -344,7 +377,8 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     for want in [
         "podnet_daemon_routes_desired 2",
         "podnet_daemon_routes_programmed 1",
-        "podnet_daemon_peers_skipped 1",
+        "podnet_daemon_routes_rejected{rule=\"GatewayNotOnLink\"} 1",
+        "podnet_daemon_routes_rejected{rule=\"DefaultRoute\"} 0",
         "podnet_daemon_drift_repairs_total",
     ] {
         ensure!(
@@ -501,5 +535,238 @@ async fn apiserver_restart(mut cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"));
+    Ok(())
+}
+
+/// The routes of `ns` that podnet does not own, both families, sorted.
+fn foreign_routes(ns: &NodeNs) -> anyhow::Result<Vec<String>> {
+    let mut all = Vec::new();
+    for v6 in [false, true] {
+        all.extend(
+            ns.routes(v6)?
+                .lines()
+                .filter(|l| !l.contains("proto 233"))
+                .map(str::to_string),
+        );
+    }
+    all.sort();
+    Ok(all)
+}
+
+/// Hand-written statuses of every dangerous kind, from peers of a network whose pool
+/// (wrongly) covers the node network: none may change a route podnet does not own, the
+/// good peer keeps its route throughout, and deleting the bad objects deletes nothing
+/// but podnet's own routes.
+async fn forged_statuses(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    // A second network whose pool (wrongly) covers a network the node is on and a route
+    // someone else installed: only the kernel-side rules stand between its NodeRoutes
+    // and the node's own routes.
+    for cmd in [
+        "link add mgmt0 type veth peer name mgmt1",
+        "link set mgmt1 up",
+        "link set mgmt0 up",
+        "addr add 10.250.1.1/24 dev mgmt0",
+    ] {
+        let mut args = vec!["ip", "-n", &ns.name];
+        args.extend(cmd.split(' '));
+        sh(&args)?;
+    }
+    let wide = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "PodNetwork", "metadata": {"name": "wide"},
+        "spec": {"cidrs": ["10.250.0.0/16"], "nodeMaskSize": {"ipv4": 24, "ipv6": 64}}});
+    Api::<PodNetwork>::all(client.clone())
+        .patch(
+            "wide",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(wide),
+        )
+        .await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _d = DaemonProc::start_on(&cp, &ns, &format!("127.0.0.1:{port}"))?;
+    wait_for("peer routes", Duration::from_secs(20), || {
+        Ok(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"))
+    })
+    .await?;
+    let before = foreign_routes(&ns)?;
+    let forged: &[(&str, &str, &[&str], &[&str])] = &[
+        ("f-node-net", "wide", &["198.18.0.7"], &["10.250.1.0/24"]),
+        ("f-foreign", "wide", &["198.18.0.7"], &["10.250.0.0/24"]),
+        ("f-default", "default", &["198.18.0.7"], &["0.0.0.0/0"]),
+        ("f-own", "default", &["198.18.0.7"], &["10.244.1.0/24"]),
+        ("f-peer", "default", &["198.18.0.7"], &["10.244.2.0/24"]),
+        ("f-gw-self", "default", &["198.18.0.1"], &["10.244.5.0/24"]),
+        (
+            "f-gw-bcast",
+            "default",
+            &["198.18.0.255"],
+            &["10.244.6.0/24"],
+        ),
+        ("f-gw-pod", "default", &["10.244.2.9"], &["10.244.7.0/24"]),
+    ];
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    for (name, network, ips, cidrs) in forged {
+        put_node(&client, name, ips, cidrs).await?;
+        let spec = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": name},
+            "spec": {"nodeName": name, "podNetwork": network}});
+        api.patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(spec),
+        )
+        .await?;
+    }
+    // Each one is refused with its own rule, named on node-a's condition.
+    let want = [
+        ("f-node-net", "OverlapsNodeNetwork"),
+        ("f-foreign", "PrefixHeldByOtherRoute"),
+        ("f-default", "DefaultRoute"),
+        ("f-own", "OverlapsOwnCIDR"),
+        ("f-peer", "OverlapsPeer"),
+        ("f-gw-self", "GatewayIsOwnAddress"),
+        ("f-gw-bcast", "GatewayNetworkOrBroadcast"),
+        ("f-gw-pod", "GatewayInsidePodCIDR"),
+    ];
+    wait_for(
+        "every forged peer refused by its rule",
+        Duration::from_secs(20),
+        || {
+            let metrics = http_get(port, "/metrics").unwrap_or_default();
+            Ok(want.iter().all(|(_, rule)| {
+                metrics.lines().any(|l| {
+                    l.starts_with(&format!(
+                        "podnet_daemon_routes_rejected{{rule=\"{rule}\"}} "
+                    )) && !l.ends_with(" 0")
+                })
+            }))
+        },
+    )
+    .await?;
+    let mut msg = String::new();
+    for _ in 0..100 {
+        let nr = api.get("node-a").await?;
+        if let Some(c) = find_condition(
+            &nr.status.unwrap_or_default().conditions,
+            condition_type::PROGRAMMED,
+        )
+        .filter(|c| c.reason == reason::ROUTES_REJECTED && c.message.contains("9 rejected"))
+        {
+            msg = c.message.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        msg.contains("9 rejected"),
+        "Programmed does not list 8 forged peers and node-far: {msg:?}"
+    );
+    let during = foreign_routes(&ns)?;
+    ensure!(
+        during == before,
+        "a route podnet does not own changed:\nbefore {before:#?}\nafter {during:#?}"
+    );
+    let v4 = ns.routes(false)?;
+    ensure!(
+        v4.contains("10.244.2.0/24 via 198.18.0.2"),
+        "the good peer lost its route:\n{v4}"
+    );
+    ensure!(
+        !v4.contains("default via 198.18.0.7")
+            && !v4.contains("10.244.5.0")
+            && !v4.contains("10.244.6.0")
+            && !v4.contains("10.244.7.0"),
+        "{v4}"
+    );
+    // Events on the forged peers' side.
+    let events = cp.kubectl([
+        "get",
+        "events",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.involvedObject.name} {.reason}{\"\\n\"}{end}",
+    ])?;
+    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    for (name, _) in &want {
+        ensure!(
+            events.contains(&format!("{name} RouteRejected")),
+            "no RouteRejected event on {name}:\n{events}"
+        );
+    }
+    // Deleting the forged objects removes nothing but podnet's own routes.
+    for (name, ..) in forged {
+        api.delete(name, &DeleteParams::default()).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = foreign_routes(&ns)?;
+    ensure!(
+        after == before,
+        "deleting forged objects changed routes podnet does not own:\nbefore {before:#?}\nafter {after:#?}"
+    );
+    ensure!(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"));
+    Ok(())
+}
+
+/// A daemon restarted while the API server is unreachable (a node rebooting without its
+/// control plane) programs the state it saved, instead of waiting with nothing.
+async fn saved_state_at_start(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    let d = DaemonProc::start(&cp, &ns)?;
+    wait_for("peer routes", Duration::from_secs(20), || {
+        Ok(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"))
+    })
+    .await?;
+    wait_for("the saved state", Duration::from_secs(10), || {
+        Ok(ns.conf_dir.join("state/programmed.json").exists())
+    })
+    .await?;
+    drop(d);
+    // The reboot: podnet's routes are gone with the old kernel state.
+    sh(&["ip", "-n", &ns.name, "route", "flush", "proto", "233"])?;
+    sh(&["ip", "-n", &ns.name, "-6", "route", "flush", "proto", "233"])?;
+    ensure!(!ns.routes(false)?.contains("10.244.2.0/24"));
+    // An API server that is not there: a kubeconfig pointing at a closed port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let kubeconfig = ns.conf_dir.join("unreachable.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{closed}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: x}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )?;
+    let log = ns.conf_dir.join("restarted.log");
+    let _d = DaemonProc::start_with(
+        &kubeconfig,
+        &log,
+        &ns,
+        "127.0.0.1:0",
+        &["--startup-grace", "1"],
+    )?;
+    wait_for(
+        "routes from the saved state",
+        Duration::from_secs(15),
+        || {
+            let v4 = ns.routes(false)?;
+            Ok(v4.contains("10.244.2.0/24 via 198.18.0.2")
+                && ns
+                    .routes(true)?
+                    .contains("fd00:10:244:2::/64 via 2001:db8:18::2"))
+        },
+    )
+    .await
+    .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    ensure!(
+        ns.nat(false)?
+            .contains("-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE"),
+        "masquerade not restored from the saved state"
+    );
     Ok(())
 }

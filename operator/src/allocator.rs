@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// An IP family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,10 +55,13 @@ impl fmt::Display for Family {
 }
 
 /// The pools of one PodNetwork as the allocator needs them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetworkPools {
     /// The network's CIDRs, in spec order (allocation fills earlier ones first).
     pub cidrs: Vec<IpNet>,
+    /// Entries removed from the spec that the network still serves while nodes use them
+    /// (draining): nothing new comes from them, and a node CIDR inside one is valid.
+    pub draining: Vec<IpNet>,
     /// Prefix length of an IPv4 node CIDR.
     pub mask_v4: u8,
     /// Prefix length of an IPv6 node CIDR.
@@ -125,8 +129,16 @@ pub enum Problem {
         /// The network named, if any.
         network: Option<String>,
     },
-    /// The CIDR lies outside every CIDR of its network (removed from the spec while the
-    /// node still used it — draining — or written by hand).
+    /// The CIDR lies in an entry removed from its network's spec while the node used
+    /// it: valid, kept while the node exists, never handed out again.
+    Draining {
+        /// The CIDR.
+        cidr: IpNet,
+        /// Its network.
+        network: String,
+    },
+    /// The CIDR lies outside everything its network serves (current and draining
+    /// entries): written by hand, or by a bug.
     OutsidePool {
         /// The CIDR.
         cidr: IpNet,
@@ -169,9 +181,13 @@ impl fmt::Display for Problem {
                 cidr,
                 network: None,
             } => write!(f, "{cidr} belongs to no PodNetwork"),
+            Self::Draining { cidr, network } => write!(
+                f,
+                "{cidr} lies in a CIDR removed from PodNetwork {network}'s spec; kept while the node exists"
+            ),
             Self::OutsidePool { cidr, network } => write!(
                 f,
-                "{cidr} is outside every CIDR of PodNetwork {network} (removed from its spec, or written by hand); kept while the node exists"
+                "{cidr} is outside every CIDR PodNetwork {network} serves"
             ),
             Self::WrongSize { cidr, expected } => {
                 write!(f, "{cidr} is not a /{expected} node CIDR")
@@ -241,6 +257,9 @@ pub struct Allocator {
     /// Per pool span (family, lo, hi, step): every block below the cursor is known to be
     /// taken, so the next search starts there. Any release in the family clears them.
     cursors: BTreeMap<(Family, u128, u128, u128), u128>,
+    /// Released CIDRs held back from other nodes (also in `held`, under
+    /// [`quarantine_key`]).
+    quarantine: Vec<Quarantined>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -249,16 +268,61 @@ struct NodeHoldings {
     cidrs: Vec<IpNet>,
 }
 
+/// A node CIDR held back from reuse after its node released it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The node that held it (it gets it back if it returns).
+    pub node: String,
+    /// The network it came from.
+    pub network: String,
+    /// The CIDR.
+    pub cidr: IpNet,
+    /// When the release was seen.
+    pub released_at: Timestamp,
+}
+
+/// The key under which a quarantined CIDR is held: `:` never appears in a node name.
+fn quarantine_key(node: &str) -> String {
+    format!("quarantine:{node}")
+}
+
 impl Allocator {
     /// An allocator with no networks and no holdings.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds or replaces a network's pools. Holdings stay as they are: a CIDR removed from
-    /// the pools keeps serving its node and shows up as [`Problem::OutsidePool`].
-    pub fn set_network(&mut self, name: &str, pools: NetworkPools) {
+    /// Adds or replaces a network's pools. Holdings stay as they are: an entry removed
+    /// from `cidrs` while nodes (or quarantined CIDRs) use it becomes draining — still
+    /// served, never allocated from — and their CIDRs show up as [`Problem::Draining`].
+    /// A draining entry nothing uses is no longer [`Self::served`], and is dropped by
+    /// the next call.
+    pub fn set_network(&mut self, name: &str, mut pools: NetworkPools) {
+        pools.draining.extend(self.served(name));
+        pools.draining.retain(|d| !pools.cidrs.contains(d));
+        pools.draining.sort();
+        pools.draining.dedup();
         self.networks.insert(name.to_string(), pools);
+    }
+
+    /// Treats every CIDR nodes of `network` hold outside its spec, with the node mask
+    /// size, as draining: for a PodNetwork whose status predates `servedCIDRs` (written
+    /// by an older operator), so an upgrade never turns a drained CIDR into an invalid
+    /// one.
+    pub fn adopt_draining(&mut self, network: &str) {
+        let Some(pools) = self.networks.get(network) else {
+            return;
+        };
+        let found: Vec<IpNet> = self
+            .draining(network)
+            .into_iter()
+            .filter(|c| c.prefix_len() == pools.mask(Family::of(c)))
+            .collect();
+        if let Some(p) = self.networks.get_mut(network) {
+            p.draining.extend(found);
+            p.draining.sort();
+            p.draining.dedup();
+        }
     }
 
     /// Forgets a network. Its nodes keep their CIDRs.
@@ -346,6 +410,15 @@ impl Allocator {
             if current.iter().any(|c| Family::of(c) == family) {
                 continue;
             }
+            // A node that comes back gets the CIDR it released.
+            if let Some(q) = self.quarantine.iter().position(|q| {
+                q.node == node && q.network == network && Family::of(&q.cidr) == family
+            }) {
+                let q = self.quarantine.remove(q);
+                self.unhold(&quarantine_key(node), &q.cidr);
+                added.push(q.cidr);
+                continue;
+            }
             match self.find_free(pools, family) {
                 Some((cidr, cursor)) => {
                     added.push(cidr);
@@ -431,19 +504,119 @@ impl Allocator {
         (end(cand)? <= pool.hi).then_some(cand)
     }
 
+    fn unhold(&mut self, key: &str, cidr: &IpNet) {
+        let cidr = cidr.trunc();
+        let family = Family::of(&cidr);
+        self.held
+            .remove(&(family, Span::of(&cidr).lo, key.to_string()));
+        self.cursors.retain(|(f, ..), _| *f != family);
+    }
+
     /// Forgets everything `node` holds and returns it.
     pub fn release(&mut self, node: &str) -> Vec<IpNet> {
         let Some(h) = self.by_node.remove(node) else {
             return Vec::new();
         };
         for cidr in &h.cidrs {
-            let cidr = cidr.trunc();
-            let family = Family::of(&cidr);
-            self.held
-                .remove(&(family, Span::of(&cidr).lo, node.to_string()));
-            self.cursors.retain(|(f, ..), _| *f != family);
+            self.unhold(node, cidr);
         }
         h.cidrs
+    }
+
+    /// Releases everything `node` holds into quarantine: each valid CIDR (one its
+    /// network serves, of the right size, overlapping nobody) stays unavailable to other
+    /// nodes until [`Self::expire_quarantine`] lets it go, and goes back to `node` if it
+    /// returns. Invalid holdings are simply released. Returns the quarantined CIDRs.
+    pub fn release_to_quarantine(&mut self, node: &str, at: Timestamp) -> Vec<IpNet> {
+        let problems = self.problems(node);
+        let network = self.network_of(node).map(str::to_string);
+        let released = self.release(node);
+        let Some(network) = network else {
+            return Vec::new();
+        };
+        let mut quarantined = Vec::new();
+        for cidr in released {
+            // An overlap is the other holder's problem as much as this one's: the CIDR
+            // itself is valid, and nothing overlapping a holding is ever handed out.
+            let bad = problems.iter().any(|p| match p {
+                Problem::Draining { .. } | Problem::Overlap { .. } => false,
+                Problem::UnknownNetwork { cidr: c, .. }
+                | Problem::OutsidePool { cidr: c, .. }
+                | Problem::WrongSize { cidr: c, .. }
+                | Problem::DuplicateFamily { cidr: c } => *c == cidr,
+            });
+            if !bad {
+                self.hold_quarantined(Quarantined {
+                    node: node.to_string(),
+                    network: network.clone(),
+                    cidr,
+                    released_at: at,
+                });
+                quarantined.push(cidr);
+            }
+        }
+        quarantined
+    }
+
+    /// Records a quarantined CIDR (from a PodNetwork's status, at the start of a term),
+    /// unless anyone holds something overlapping it already.
+    pub fn hold_quarantined(&mut self, q: Quarantined) {
+        let span = Span::of(&q.cidr);
+        let family = Family::of(&q.cidr);
+        let taken = self
+            .held_from(family, span.lo)
+            .take_while(|((_, lo, _), _)| *lo <= span.hi)
+            .any(|(_, h)| Span::of(&h.cidr).overlaps(span));
+        if taken || self.quarantine.contains(&q) {
+            return;
+        }
+        self.insert(&quarantine_key(&q.node), q.cidr);
+        self.quarantine.push(q);
+    }
+
+    /// Ends the quarantine of every CIDR released at least `period` before `now`;
+    /// returns them.
+    pub fn expire_quarantine(
+        &mut self,
+        now: Timestamp,
+        period: SignedDuration,
+    ) -> Vec<Quarantined> {
+        let (expired, kept): (Vec<Quarantined>, Vec<Quarantined>) =
+            std::mem::take(&mut self.quarantine)
+                .into_iter()
+                .partition(|q| now.duration_since(q.released_at) >= period);
+        self.quarantine = kept;
+        for q in &expired {
+            self.unhold(&quarantine_key(&q.node), &q.cidr);
+        }
+        expired
+    }
+
+    /// When the earliest quarantine began, if any CIDR is in quarantine.
+    pub fn earliest_quarantine(&self) -> Option<Timestamp> {
+        self.quarantine.iter().map(|q| q.released_at).min()
+    }
+
+    /// The CIDRs of `network` in quarantine.
+    pub fn quarantined(&self, network: &str) -> Vec<&Quarantined> {
+        self.quarantine
+            .iter()
+            .filter(|q| q.network == network)
+            .collect()
+    }
+
+    /// Drops the quarantine of every network not in `networks`.
+    pub fn retain_quarantine_of(&mut self, networks: &[&str]) {
+        let gone: Vec<Quarantined> = self
+            .quarantine
+            .iter()
+            .filter(|q| !networks.contains(&q.network.as_str()))
+            .cloned()
+            .collect();
+        for q in gone {
+            self.quarantine.retain(|x| *x != q);
+            self.unhold(&quarantine_key(&q.node), &q.cidr);
+        }
     }
 
     /// What is wrong with the CIDRs `node` holds, against the current pools and the
@@ -475,7 +648,14 @@ impl Allocator {
                             expected: pools.mask(family),
                         });
                     }
-                    if !pools.cidrs.iter().any(|p| p.contains(cidr)) {
+                    if pools.draining.iter().any(|p| p.contains(cidr))
+                        && !pools.cidrs.iter().any(|p| p.contains(cidr))
+                    {
+                        problems.push(Problem::Draining {
+                            cidr: *cidr,
+                            network: name.to_string(),
+                        });
+                    } else if !pools.cidrs.iter().any(|p| p.contains(cidr)) {
                         problems.push(Problem::OutsidePool {
                             cidr: *cidr,
                             network: name.to_string(),
@@ -488,7 +668,11 @@ impl Allocator {
                 if *lo > span.hi {
                     break;
                 }
-                if other != node && Span::of(&oh.cidr).overlaps(span) {
+                // A node's own quarantined CIDR (from before it came back) is no conflict.
+                if other != node
+                    && *other != quarantine_key(node)
+                    && Span::of(&oh.cidr).overlaps(span)
+                {
                     problems.push(Problem::Overlap {
                         cidr: *cidr,
                         other_node: other.clone(),
@@ -517,7 +701,7 @@ impl Allocator {
             .count() as u32
     }
 
-    /// The networks' pools that nodes still hold CIDRs in although the spec dropped them.
+    /// The node CIDRs of `network` (held or quarantined) outside its spec's CIDRs.
     pub fn draining(&self, network: &str) -> Vec<IpNet> {
         let Some(pools) = self.networks.get(network) else {
             return Vec::new();
@@ -527,9 +711,31 @@ impl Allocator {
             .values()
             .filter(|h| h.network.as_deref() == Some(network))
             .flat_map(|h| h.cidrs.iter())
+            .chain(self.quarantined(network).into_iter().map(|q| &q.cidr))
             .filter(|c| !pools.cidrs.iter().any(|p| p.contains(*c)))
             .copied()
             .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every CIDR `network` serves: its spec's CIDRs, and each draining entry that a node
+    /// (or a quarantined CIDR) still uses. What the PodNetwork's `status.servedCIDRs`
+    /// says, and what node daemons accept routes inside.
+    pub fn served(&self, network: &str) -> Vec<IpNet> {
+        let Some(pools) = self.networks.get(network) else {
+            return Vec::new();
+        };
+        let in_use = self.draining(network);
+        let mut out = pools.cidrs.clone();
+        out.extend(
+            pools
+                .draining
+                .iter()
+                .filter(|d| in_use.iter().any(|c| d.contains(c)))
+                .copied(),
+        );
         out.sort();
         out.dedup();
         out
@@ -550,6 +756,7 @@ mod tests {
             cidrs: cidrs.iter().map(|c| net(c)).collect(),
             mask_v4: v4,
             mask_v6: v6,
+            ..Default::default()
         }
     }
 
@@ -620,12 +827,75 @@ mod tests {
             "a node never loses its CIDR"
         );
         assert_eq!(a.draining("n"), vec![net("10.0.0.0/24")]);
+        assert_eq!(a.served("n"), vec![net("10.0.0.0/24"), net("10.1.0.0/24")]);
         assert!(matches!(
             a.problems("a").as_slice(),
-            [Problem::OutsidePool { .. }]
+            [Problem::Draining { .. }]
         ));
         // Nothing new comes from the drained range.
         assert!(a.allocate("c", "n").is_err());
+        // The drained entry stops being served once its last node left.
+        a.release("a");
+        a.set_network("n", pools(&["10.1.0.0/24"], 24, 64));
+        assert_eq!(a.served("n"), vec![net("10.1.0.0/24")]);
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn released_cidrs_wait_in_quarantine_and_go_back_to_their_node() {
+        let mut a = Allocator::new();
+        a.set_network("n", pools(&["10.0.0.0/23", "fd00::/63"], 24, 64));
+        assert!(a.allocate("a", "n").is_ok());
+        assert!(a.allocate("b", "n").is_ok());
+        let a_cidrs = a.holdings("a").to_vec();
+        assert_eq!(a.release_to_quarantine("a", at(100)), a_cidrs);
+        // Nobody else gets it while it is in quarantine: the pool is full.
+        assert!(matches!(
+            a.allocate("c", "n"),
+            Err(AllocError::Exhausted { .. })
+        ));
+        assert_eq!(a.quarantined("n").len(), 2);
+        // Its node comes back: same CIDRs.
+        assert_eq!(a.allocate("a", "n"), Ok(a_cidrs.clone()));
+        assert!(a.quarantined("n").is_empty());
+        assert!(a.problems("a").is_empty());
+        // Released again, then the quarantine ends: free for anyone.
+        a.release_to_quarantine("a", at(200));
+        assert!(
+            a.expire_quarantine(at(259), SignedDuration::from_secs(60))
+                .is_empty()
+        );
+        assert_eq!(
+            a.expire_quarantine(at(260), SignedDuration::from_secs(60))
+                .len(),
+            2
+        );
+        assert_eq!(a.allocate("c", "n"), Ok(a_cidrs));
+    }
+
+    #[test]
+    fn a_cidr_a_bogus_holding_overlaps_is_still_quarantined() {
+        let mut a = Allocator::new();
+        a.set_network("n", pools(&["10.0.0.0/16"], 24, 64));
+        assert!(a.allocate("good", "n").is_ok());
+        a.restore("bogus", Some("n"), &[net("10.0.0.0/16")]);
+        assert_eq!(
+            a.release_to_quarantine("good", at(1)),
+            vec![net("10.0.0.0/24")]
+        );
+    }
+
+    #[test]
+    fn invalid_holdings_are_never_quarantined() {
+        let mut a = Allocator::new();
+        a.set_network("n", pools(&["10.0.0.0/16"], 24, 64));
+        a.restore("bad", Some("n"), &[net("0.0.0.0/0")]);
+        assert!(a.release_to_quarantine("bad", at(1)).is_empty());
+        assert!(a.quarantined("n").is_empty());
+        assert_eq!(a.allocate("x", "n"), Ok(vec![net("10.0.0.0/24")]));
     }
 
     #[test]
@@ -723,6 +993,8 @@ mod tests {
     enum Op {
         Allocate(u8),
         Release(u8),
+        Quarantine(u8),
+        Expire,
         Restart,
         AddCidr(u8),
         RemoveCidr(u8),
@@ -731,7 +1003,9 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             6 => (0u8..40).prop_map(Op::Allocate),
-            3 => (0u8..40).prop_map(Op::Release),
+            2 => (0u8..40).prop_map(Op::Release),
+            2 => (0u8..40).prop_map(Op::Quarantine),
+            1 => Just(Op::Expire),
             1 => Just(Op::Restart),
             1 => (0u8..8).prop_map(Op::AddCidr),
             1 => (0u8..8).prop_map(Op::RemoveCidr),
@@ -756,9 +1030,13 @@ mod tests {
         fn no_overlap_no_loss(ops in proptest::collection::vec(op(), 1..120)) {
             let mut cidrs = vec![candidate(0), candidate(2)];
             let mut a = Allocator::new();
-            a.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64 });
+            a.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64, ..Default::default() });
             let mut expected: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+            // Quarantined CIDRs by the node that released them.
+            let mut quarantined: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+            let mut clock = 0i64;
             for op in ops {
+                clock += 10;
                 match op {
                     Op::Allocate(n) => {
                         let node = format!("node{n}");
@@ -766,10 +1044,20 @@ mod tests {
                         match a.allocate(&node, "n") {
                             Ok(got) => {
                                 prop_assert!(before.iter().all(|c| got.contains(c)), "a node lost a CIDR");
+                                let mine = quarantined.remove(&node).unwrap_or_default();
                                 for c in got.iter().filter(|c| !before.contains(c)) {
                                     let mask = if Family::of(c) == Family::V4 { 24 } else { 64 };
                                     prop_assert_eq!(c.prefix_len(), mask);
-                                    prop_assert!(cidrs.iter().any(|p| p.contains(c)), "{} outside the pools", c);
+                                    // From the pools, or given back from its own quarantine.
+                                    prop_assert!(cidrs.iter().any(|p| p.contains(c)) || mine.contains(c), "{} outside the pools", c);
+                                    for (other, qs) in &quarantined {
+                                        prop_assert!(!qs.iter().any(|q| q.contains(c) || c.contains(q)), "{} handed out while {} holds it in quarantine", c, other);
+                                    }
+                                }
+                                // What it had in quarantine and did not take back stays there.
+                                let kept: Vec<IpNet> = mine.into_iter().filter(|c| !got.contains(c)).collect();
+                                if !kept.is_empty() {
+                                    quarantined.insert(node.clone(), kept);
                                 }
                                 expected.insert(node, got);
                             }
@@ -781,11 +1069,28 @@ mod tests {
                         let want = expected.remove(&node).unwrap_or_default();
                         prop_assert_eq!(a.release(&node), want);
                     }
+                    Op::Quarantine(n) => {
+                        let node = format!("node{n}");
+                        let want = expected.remove(&node).unwrap_or_default();
+                        let got = a.release_to_quarantine(&node, at(clock));
+                        prop_assert_eq!(&got, &want);
+                        if !got.is_empty() {
+                            quarantined.entry(node).or_default().extend(got);
+                        }
+                    }
+                    Op::Expire => {
+                        a.expire_quarantine(at(clock), SignedDuration::from_secs(0));
+                        quarantined.clear();
+                    }
                     Op::Restart => {
+                        // A new leader: pools, holdings and quarantine from the API.
                         let mut b = Allocator::new();
-                        b.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64 });
+                        b.set_network("n", a.network("n").cloned().unwrap_or_default());
                         for (node, held) in &expected {
                             b.restore(node, Some("n"), held);
+                        }
+                        for q in a.quarantined("n") {
+                            b.hold_quarantined(q.clone());
                         }
                         a = b;
                     }
@@ -794,11 +1099,11 @@ mod tests {
                         if !cidrs.iter().any(|p| p.contains(&c) || c.contains(p)) {
                             cidrs.push(c);
                         }
-                        a.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64 });
+                        a.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64, ..Default::default() });
                     }
                     Op::RemoveCidr(i) => {
                         cidrs.retain(|p| *p != candidate(i));
-                        a.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64 });
+                        a.set_network("n", NetworkPools { cidrs: cidrs.clone(), mask_v4: 24, mask_v6: 64, ..Default::default() });
                     }
                 }
                 let all: Vec<(&String, &IpNet)> = expected.iter().flat_map(|(n, cs)| cs.iter().map(move |c| (n, c))).collect();

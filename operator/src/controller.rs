@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{
     Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
@@ -28,22 +30,26 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use podnet_common::{ApiClients, Health, spawn_reflector};
 use podnet_crds::{
-    ConditionStatus, NodeRoute, NodeRouteSpec, NodeRouteStatus, PodNetwork, PodNetworkStatus,
-    PoolUsage, condition_is, find_condition, make_condition, same_conditions,
+    API_VERSION, ConditionStatus, NodeRoute, NodeRouteSpec, NodeRouteStatus, PodNetwork,
+    PodNetworkStatus, PoolUsage, QuarantinedCidr, condition_is, condition_type, find_condition,
+    make_condition, reason, same_conditions,
 };
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, instrument, warn};
 
-use crate::allocator::{AllocError, Allocator, Family, Problem};
+use crate::allocator::{AllocError, Allocator, Family, Problem, Quarantined};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::network::{NetworkView, choose_network, evaluate_networks, node_ips};
+use crate::network::{
+    NetworkView, NodeAddresses, choose_network, choose_node_ips, evaluate_networks, node_ips,
+};
 
 /// The field manager of every status the operator applies.
 pub const FIELD_MANAGER: &str = "podnet-operator";
-/// The NodeRoute condition the operator owns.
-pub const ALLOCATED: &str = "Allocated";
+/// The NodeRoute conditions the operator owns.
+const OWN_CONDITIONS: [&str; 2] = [condition_type::ALLOCATED, condition_type::NODE_IPS_VALID];
+use podnet_crds::condition_type::ALLOCATED;
 
 /// Tunables of the control loop.
 #[derive(Clone, Debug)]
@@ -55,6 +61,9 @@ pub struct ControllerConfig {
     /// Also copy each node's CIDRs into an empty `Node.spec.podCIDRs`, for components
     /// that read it (kube-proxy's cluster CIDR detection, some CNI plugins). Off by default.
     pub set_node_pod_cidrs: bool,
+    /// How long a released node CIDR is held back from other nodes (pods with addresses
+    /// from it may still run).
+    pub quarantine: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -63,6 +72,7 @@ impl Default for ControllerConfig {
             concurrency: 32,
             resync: Duration::from_secs(60),
             set_node_pod_cidrs: false,
+            quarantine: Duration::from_secs(300),
         }
     }
 }
@@ -206,10 +216,19 @@ impl Operator {
                 }
                 None => state.term = None,
             }
+            // Wake up when the next quarantine ends, too: a waiting node gets the CIDR
+            // then, not at the next resync.
+            let quarantine_ends = state.allocator.earliest_quarantine().map(|at| {
+                let period =
+                    SignedDuration::try_from(self.config.quarantine).unwrap_or(SignedDuration::MAX);
+                let left = period - Timestamp::now().duration_since(at);
+                Duration::try_from(left).unwrap_or_default() + Duration::from_millis(50)
+            });
+            let wake = quarantine_ends.map_or(self.config.resync, |d| d.min(self.config.resync));
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = leader_changes.changed() => {}
-                _ = tokio::time::sleep(self.config.resync) => {}
+                _ = tokio::time::sleep(wake) => {}
                 _ = shutdown.changed() => break,
             }
         }
@@ -220,7 +239,11 @@ impl Operator {
     async fn start_term(&self, state: &mut SyncState, term: u64) -> Result<(), Error> {
         let api: Api<NodeRoute> = Api::all(self.client.clone());
         let list = api.list(&ListParams::default()).await?;
-        let views = evaluate_networks(self.networks.state().iter().map(|a| a.as_ref()));
+        // PodNetworks fresh too: their status holds the served CIDRs and the quarantine.
+        let networks = Api::<PodNetwork>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        let views = evaluate_networks(networks.items.iter());
         let mut allocator = Allocator::new();
         for v in &views {
             allocator.set_network(&v.name, v.pools.clone());
@@ -231,6 +254,24 @@ impl Operator {
                 nr.spec.pod_network.as_deref(),
                 &status_cidrs(nr),
             );
+        }
+        for pn in &networks.items {
+            let Some(status) = &pn.status else { continue };
+            // Written by an operator that predates servedCIDRs: what nodes hold outside
+            // the spec was drained, not forged.
+            if status.served_cidrs.is_empty() && status.observed_generation.is_some() {
+                allocator.adopt_draining(&pn.name_any());
+            }
+            for q in &status.quarantine {
+                if let Ok(cidr) = q.cidr.parse::<IpNet>() {
+                    allocator.hold_quarantined(Quarantined {
+                        node: q.node.clone(),
+                        network: pn.name_any(),
+                        cidr,
+                        released_at: q.released_at.0,
+                    });
+                }
+            }
         }
         let to_fence: Vec<NodeRoute> = list
             .items
@@ -277,7 +318,7 @@ impl Operator {
                 &previous,
                 ALLOCATED,
                 ConditionStatus::Unknown,
-                "Pending",
+                reason::PENDING,
                 "waiting for an allocation by the new operator leader".into(),
                 nr.metadata.generation,
             );
@@ -312,6 +353,12 @@ impl Operator {
     /// One pass: plan from the caches, write concurrently, fold the outcomes back in.
     async fn sync_once(&self, state: &mut SyncState) {
         let started = Instant::now();
+        let now = Timestamp::now();
+        let period =
+            SignedDuration::try_from(self.config.quarantine).unwrap_or(SignedDuration::MAX);
+        for q in state.allocator.expire_quarantine(now, period) {
+            info!(node = %q.node, cidr = %q.cidr, "quarantine over: the CIDR can go to any node");
+        }
         let views = evaluate_networks(self.networks.state().iter().map(|a| a.as_ref()));
         state.sync_networks(&views);
         let nodes: BTreeMap<String, Arc<Node>> = self
@@ -338,22 +385,49 @@ impl Operator {
                 });
             }
         }
-        // NodeRoutes deleted by someone else (or by us, seen now) free their CIDRs.
+        // A node whose Node and NodeRoute are both gone releases its CIDRs into
+        // quarantine, once the API server confirms the NodeRoute gone (a watch cache can
+        // lag behind the list this term started from). A NodeRoute missing while its
+        // Node exists is re-created below with the CIDRs the allocator still holds.
         for gone in state
             .allocator
             .nodes()
-            .filter(|n| !noderoutes.contains_key(*n) && !state.pending_create.contains(*n))
+            .filter(|n| {
+                !noderoutes.contains_key(*n)
+                    && !nodes.contains_key(*n)
+                    && !state.pending_create.contains(*n)
+                    && !state.confirming.contains(*n)
+            })
             .map(str::to_string)
             .collect::<Vec<_>>()
         {
-            if !state.allocator.release(&gone).is_empty() {
-                self.metrics.releases.inc();
-                info!(node = %gone, "released the CIDRs of a removed NodeRoute");
-            }
+            state.confirming.insert(gone.clone());
+            jobs.push(Job::ConfirmRelease { name: gone });
         }
 
+        // Every node's addresses, decided together: a duplicate is settled by who had
+        // it first.
+        let mut pod_space: Vec<IpNet> = Vec::new();
+        for v in &views {
+            pod_space.extend(state.allocator.served(&v.name));
+        }
+        let addresses: Vec<NodeAddresses> = nodes
+            .iter()
+            .map(|(name, node)| NodeAddresses {
+                name: name.clone(),
+                created: node.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                candidates: node_ips(node),
+                previous: noderoutes
+                    .get(name)
+                    .and_then(|nr| nr.status.as_ref())
+                    .map(|s| s.node_ips.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let mut ip_choices = choose_node_ips(&addresses, &pod_space);
+
         for (name, node) in &nodes {
-            let ips = node_ips(node);
+            let ips = ip_choices.remove(name).unwrap_or_default();
             let Some(nr) = noderoutes.get(name) else {
                 if state.pending_create.contains(name) {
                     continue;
@@ -361,12 +435,14 @@ impl Operator {
                 let network = choose_network(node.labels(), &views).map(|v| v.name.clone());
                 // A new object starts at generation 1.
                 let plan = state.plan_status(
-                    name,
-                    network.as_deref(),
+                    &NodeInput {
+                        name,
+                        network: network.as_deref(),
+                        ips: &ips,
+                        generation: Some(1),
+                        previous: &[],
+                    },
                     &views,
-                    ips,
-                    Some(1),
-                    &[],
                     &mut waiting,
                 );
                 state.pending_create.insert(name.clone());
@@ -386,11 +462,28 @@ impl Operator {
                 state.pending.remove(name);
             }
             let in_status = status_cidrs(nr);
-            if !in_status.is_empty() && in_status != state.allocator.holdings(name) {
-                // The NodeRoute is the source of truth: adopt what it says, right or wrong.
-                state
-                    .allocator
-                    .restore(name, nr.spec.pod_network.as_deref(), &in_status);
+            if in_status != state.allocator.holdings(name) {
+                if state.allocator.network_of(name).is_none()
+                    && state.allocator.holdings(name).is_empty()
+                {
+                    // Not known to this term (created after its list): adopt it, and let
+                    // the problems it may have be reported.
+                    state
+                        .allocator
+                        .restore(name, nr.spec.pod_network.as_deref(), &in_status);
+                } else {
+                    // Changed by someone else during this term (by hand): the node keeps
+                    // what it was allocated; the status is written back below.
+                    jobs.push(Job::Announce {
+                        reference: nr.object_ref(&()),
+                        reason: reason::INVALID_ALLOCATION,
+                        note: format!(
+                            "status.podCIDRs was changed outside podnet-operator to [{}]; a node's CIDRs never change while it exists: restored [{}]",
+                            join(&in_status),
+                            join(state.allocator.holdings(name))
+                        ),
+                    });
+                }
             }
             let network = match nr.spec.pod_network.clone() {
                 Some(n) => Some(n),
@@ -409,12 +502,14 @@ impl Operator {
             }
             let current = nr.status.clone().unwrap_or_default();
             let desired = state.plan_status(
-                name,
-                network.as_deref(),
+                &NodeInput {
+                    name,
+                    network: network.as_deref(),
+                    ips: &ips,
+                    generation: nr.metadata.generation,
+                    previous: &current.conditions,
+                },
                 &views,
-                ips,
-                nr.metadata.generation,
-                &current.conditions,
                 &mut waiting,
             );
             let node_cidrs = node
@@ -502,53 +597,63 @@ impl Operator {
         let draining = state.allocator.draining(&view.name);
         let conditions = vec![
             match &view.invalid {
-                Some(why) => c("Ready", ConditionStatus::False, "Invalid", why.clone()),
+                Some(why) => c(
+                    condition_type::READY,
+                    ConditionStatus::False,
+                    reason::INVALID,
+                    why.clone(),
+                ),
                 None => c(
-                    "Ready",
+                    condition_type::READY,
                     ConditionStatus::True,
-                    "Allocating",
+                    reason::ALLOCATING,
                     "the network serves allocations".into(),
                 ),
             },
             match &view.invalid {
-                Some(why) => c("Invalid", ConditionStatus::True, "Rejected", why.clone()),
+                Some(why) => c(
+                    condition_type::INVALID,
+                    ConditionStatus::True,
+                    reason::REJECTED,
+                    why.clone(),
+                ),
                 None => c(
-                    "Invalid",
+                    condition_type::INVALID,
                     ConditionStatus::False,
-                    "Valid",
+                    reason::VALID,
                     "the spec is valid".into(),
                 ),
             },
             if waiting > 0 {
                 c(
-                    "Exhausted",
+                    condition_type::EXHAUSTED,
                     ConditionStatus::True,
-                    "PoolExhausted",
+                    reason::POOL_EXHAUSTED,
                     format!(
                         "{waiting} node(s) wait for a CIDR: add a CIDR to spec.cidrs or remove nodes"
                     ),
                 )
             } else {
                 c(
-                    "Exhausted",
+                    condition_type::EXHAUSTED,
                     ConditionStatus::False,
-                    "CapacityAvailable",
+                    reason::CAPACITY_AVAILABLE,
                     "every selected node has its CIDRs".into(),
                 )
             },
             if draining.is_empty() {
                 c(
-                    "Draining",
+                    condition_type::DRAINING,
                     ConditionStatus::False,
-                    "NoDrainingCIDRs",
+                    reason::NO_DRAINING_CIDRS,
                     "every node CIDR lies in spec.cidrs".into(),
                 )
             } else {
                 let list: Vec<String> = draining.iter().map(ToString::to_string).collect();
                 c(
-                    "Draining",
+                    condition_type::DRAINING,
                     ConditionStatus::True,
-                    "CIDRRemovedWhileInUse",
+                    reason::CIDR_REMOVED_WHILE_IN_USE,
                     format!(
                         "nodes still use {} outside spec.cidrs; they keep them until they leave",
                         list.join(", ")
@@ -562,6 +667,22 @@ impl Operator {
             nodes: state.allocator.nodes_of(&view.name),
             ipv4: usage(Family::V4),
             ipv6: usage(Family::V6),
+            served_cidrs: state
+                .allocator
+                .served(&view.name)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            quarantine: state
+                .allocator
+                .quarantined(&view.name)
+                .into_iter()
+                .map(|q| QuarantinedCidr {
+                    cidr: q.cidr.to_string(),
+                    node: q.node.clone(),
+                    released_at: Time(q.released_at),
+                })
+                .collect(),
         };
         for family in [Family::V4, Family::V6] {
             let labels = vec![
@@ -586,6 +707,8 @@ impl Operator {
             && previous.nodes == desired.nodes
             && previous.ipv4 == desired.ipv4
             && previous.ipv6 == desired.ipv6
+            && previous.served_cidrs == desired.served_cidrs
+            && previous.quarantine == desired.quarantine
             && same_conditions(&previous.conditions, &desired.conditions);
         (!same).then(|| Job::NetworkStatus {
             name: view.name.clone(),
@@ -597,8 +720,10 @@ impl Operator {
     async fn execute(&self, job: Job) -> Outcome {
         // Only NodeRoute jobs may touch the per-node bookkeeping: a PodNetwork (or a
         // Node's spec) can share its name with a node being created.
-        let node_route_job =
-            !matches!(job, Job::NetworkStatus { .. } | Job::SetNodePodCidrs { .. });
+        let node_route_job = !matches!(
+            job,
+            Job::NetworkStatus { .. } | Job::SetNodePodCidrs { .. } | Job::Announce { .. }
+        );
         match self.execute_inner(job).await {
             Ok(o) => o,
             Err((name, op, e)) => {
@@ -658,6 +783,7 @@ impl Operator {
                         return Ok(Outcome::Conflict {
                             name,
                             fresh: fresh.map(Box::new),
+                            adopt: true,
                         });
                     }
                     Err(e) => return Err((name, "create", e)),
@@ -688,6 +814,7 @@ impl Operator {
                         Ok(Outcome::Conflict {
                             name,
                             fresh: fresh.map(Box::new),
+                            adopt: false,
                         })
                     }
                     Err(e) => Err((name, "patch-spec", e)),
@@ -722,6 +849,30 @@ impl Operator {
                     Err(e) => Err((name, "delete", e)),
                 }
             }
+            Job::ConfirmRelease { name } => {
+                // Only a 404 from the API server proves the NodeRoute gone.
+                match nr_api
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| (name.clone(), "get", e))?
+                {
+                    None => Ok(Outcome::Released { name }),
+                    Some(fresh) => Ok(Outcome::Conflict {
+                        name,
+                        fresh: Some(Box::new(fresh)),
+                        adopt: true,
+                    }),
+                }
+            }
+            Job::Announce {
+                reference,
+                reason,
+                note,
+            } => {
+                self.publish(reference, EventType::Warning, reason, &note)
+                    .await;
+                Ok(Outcome::Done)
+            }
             Job::SetNodePodCidrs { name, cidrs } => {
                 if !self.leadership.is_leader() {
                     return Ok(Outcome::Done);
@@ -741,7 +892,7 @@ impl Operator {
                 }
                 let api: Api<PodNetwork> = Api::all(self.client.clone());
                 let patch = json!({
-                    "apiVersion": "podnet.dev/v1alpha1", "kind": "PodNetwork",
+                    "apiVersion": API_VERSION, "kind": "PodNetwork",
                     "metadata": {"name": name}, "status": status,
                 });
                 api.patch_status(
@@ -793,6 +944,7 @@ impl Operator {
                 Ok(Outcome::Conflict {
                     name: name.into(),
                     fresh: fresh.map(Box::new),
+                    adopt: false,
                 })
             }
             Err(e) => Err((name.into(), "apply-status", e)),
@@ -802,17 +954,16 @@ impl Operator {
     /// Emits an event when a node's Allocated condition changed meaningfully.
     async fn announce_node(&self, nr: &NodeRoute, status: &NodeRouteStatus) {
         // Routine allocations show in status; only what needs a person becomes an event.
-        let Some(c) = find_condition(&status.conditions, ALLOCATED) else {
-            return;
-        };
-        if c.reason != "Allocated" {
-            self.publish(
-                nr.object_ref(&()),
-                EventType::Warning,
-                &c.reason,
-                &c.message,
-            )
-            .await;
+        for c in &status.conditions {
+            if c.status != ConditionStatus::True.as_str() || c.reason == reason::DRAINING {
+                self.publish(
+                    nr.object_ref(&()),
+                    EventType::Warning,
+                    &c.reason,
+                    &c.message,
+                )
+                .await;
+            }
         }
     }
 
@@ -825,10 +976,13 @@ impl Operator {
         for c in &after.conditions {
             let was = find_condition(&before.conditions, &c.type_);
             let changed = was.is_none_or(|w| w.status != c.status || w.message != c.message);
-            let alarming = matches!(
-                (c.type_.as_str(), c.status.as_str()),
-                ("Exhausted", "True") | ("Invalid", "True") | ("Draining", "True")
-            );
+            let alarming = c.status == ConditionStatus::True.as_str()
+                && [
+                    condition_type::EXHAUSTED,
+                    condition_type::INVALID,
+                    condition_type::DRAINING,
+                ]
+                .contains(&c.type_.as_str());
             if changed && alarming {
                 self.publish(
                     pn.object_ref(&()),
@@ -866,14 +1020,14 @@ fn status_patch(name: &str, rv: Option<String>, status: &NodeRouteStatus) -> ser
     if let Some(rv) = rv.filter(|r| !r.is_empty()) {
         meta["resourceVersion"] = json!(rv);
     }
-    // Only the operator's own condition: the daemon's Programmed merges in by type.
+    // Only the operator's own conditions: the daemon's Programmed merges in by type.
     let conditions: Vec<&Condition> = status
         .conditions
         .iter()
-        .filter(|c| c.type_ == ALLOCATED)
+        .filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str()))
         .collect();
     json!({
-        "apiVersion": "podnet.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "NodeRoute",
         "metadata": meta,
         "status": {
@@ -912,7 +1066,7 @@ fn same_operator_status(current: &NodeRouteStatus, desired: &NodeRouteStatus) ->
     let mine = |s: &NodeRouteStatus| -> Vec<Condition> {
         s.conditions
             .iter()
-            .filter(|c| c.type_ == ALLOCATED)
+            .filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str()))
             .cloned()
             .collect()
     };
@@ -943,6 +1097,17 @@ enum Job {
         name: String,
         uid: String,
     },
+    /// The NodeRoute of a gone node is missing from the cache: confirm with a GET
+    /// before its CIDRs go into quarantine.
+    ConfirmRelease {
+        name: String,
+    },
+    /// A warning event that needs no write of its own.
+    Announce {
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        reason: &'static str,
+        note: String,
+    },
     SetNodePodCidrs {
         name: String,
         cidrs: Vec<String>,
@@ -959,11 +1124,18 @@ enum Outcome {
         name: String,
         before: String,
     },
+    /// The object changed under the write. `adopt`: what the API server has is the
+    /// truth (a create or a release that lost a race); else the allocator keeps its own.
     Conflict {
         name: String,
         fresh: Option<Box<NodeRoute>>,
+        adopt: bool,
     },
     Deleted {
+        name: String,
+    },
+    /// The API server confirmed the NodeRoute gone.
+    Released {
         name: String,
     },
     Skipped {
@@ -981,6 +1153,24 @@ struct Pending {
     before: String,
 }
 
+/// What planning one node's status takes.
+#[derive(Clone, Copy)]
+struct NodeInput<'a> {
+    name: &'a str,
+    network: Option<&'a str>,
+    ips: &'a crate::network::NodeIpChoice,
+    generation: Option<i64>,
+    previous: &'a [Condition],
+}
+
+fn join(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the loop carries from pass to pass within one leadership term.
 #[derive(Default)]
 struct SyncState {
@@ -990,6 +1180,8 @@ struct SyncState {
     pending: HashMap<String, Pending>,
     /// NodeRoutes we are creating or created that the cache has not shown yet.
     pending_create: HashSet<String>,
+    /// Releases waiting for the API server to confirm the NodeRoute gone.
+    confirming: HashSet<String>,
     /// Node CIDRs handed out since the metric was last updated.
     new_allocations: u64,
 }
@@ -1010,27 +1202,29 @@ impl SyncState {
     }
 
     /// The status the operator wants for a node, allocating in memory what is missing.
-    #[allow(clippy::too_many_arguments)]
     fn plan_status(
         &mut self,
-        name: &str,
-        network: Option<&str>,
+        input: &NodeInput,
         views: &[NetworkView],
-        node_ips: Vec<String>,
-        generation: Option<i64>,
-        previous: &[Condition],
         waiting: &mut HashMap<String, usize>,
     ) -> NodeRouteStatus {
+        let NodeInput {
+            name,
+            network,
+            ips,
+            generation,
+            previous,
+        } = *input;
         let view = network.and_then(|n| views.iter().find(|v| v.name == n));
         let (status, reason, message) = match (network, view) {
             (None, _) => (
                 ConditionStatus::False,
-                "NoPodNetwork",
+                reason::NO_POD_NETWORK,
                 "no PodNetwork selects this node".to_string(),
             ),
             (Some(n), None) => (
                 ConditionStatus::False,
-                "UnknownPodNetwork",
+                reason::UNKNOWN_POD_NETWORK,
                 format!("PodNetwork {n} does not exist"),
             ),
             (Some(n), Some(v))
@@ -1038,7 +1232,7 @@ impl SyncState {
             {
                 (
                     ConditionStatus::False,
-                    "PodNetworkInvalid",
+                    reason::POD_NETWORK_INVALID,
                     format!(
                         "PodNetwork {n} is invalid: {}",
                         v.invalid.clone().unwrap_or_default()
@@ -1055,9 +1249,17 @@ impl SyncState {
                 match result {
                     Err(e @ AllocError::Exhausted { .. }) => {
                         *waiting.entry(n.to_string()).or_default() += 1;
-                        (ConditionStatus::False, "PoolExhausted", e.to_string())
+                        (
+                            ConditionStatus::False,
+                            reason::POOL_EXHAUSTED,
+                            e.to_string(),
+                        )
                     }
-                    Err(e) => (ConditionStatus::False, "AllocationFailed", e.to_string()),
+                    Err(e) => (
+                        ConditionStatus::False,
+                        reason::ALLOCATION_FAILED,
+                        e.to_string(),
+                    ),
                     Ok(held) => {
                         if held.len() > before {
                             // counted once per newly handed-out CIDR
@@ -1068,17 +1270,44 @@ impl SyncState {
                 }
             }
         };
+        let ips_condition = if ips.refused.is_empty() {
+            make_condition(
+                previous,
+                condition_type::NODE_IPS_VALID,
+                ConditionStatus::True,
+                reason::VALID_NODE_IPS,
+                format!(
+                    "peers route this node's pods through {}",
+                    ips.ips.join(", ")
+                ),
+                generation,
+            )
+        } else {
+            make_condition(
+                previous,
+                condition_type::NODE_IPS_VALID,
+                ConditionStatus::False,
+                reason::INVALID_NODE_IP,
+                format!(
+                    "refused: {}; in force: [{}]",
+                    ips.refused.join("; "),
+                    ips.ips.join(", ")
+                ),
+                generation,
+            )
+        };
         NodeRouteStatus {
-            node_ips,
+            node_ips: ips.ips.clone(),
             pod_cidrs: self
                 .allocator
                 .holdings(name)
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            conditions: vec![make_condition(
-                previous, ALLOCATED, status, reason, message, generation,
-            )],
+            conditions: vec![
+                make_condition(previous, ALLOCATED, status, reason, message, generation),
+                ips_condition,
+            ],
             observed_generation: generation,
         }
     }
@@ -1094,20 +1323,20 @@ impl SyncState {
         if problems.is_empty() {
             return (
                 ConditionStatus::True,
-                "Allocated",
+                reason::ALLOCATED,
                 format!("{} from PodNetwork {network}", list.join(", ")),
             );
         }
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         let only_draining = problems
             .iter()
-            .all(|p| matches!(p, Problem::OutsidePool { .. }));
+            .all(|p| matches!(p, Problem::Draining { .. }));
         if only_draining {
-            (ConditionStatus::True, "Draining", text.join("; "))
+            (ConditionStatus::True, reason::DRAINING, text.join("; "))
         } else {
             (
                 ConditionStatus::False,
-                "InvalidAllocation",
+                reason::INVALID_ALLOCATION,
                 format!("{}; left as it is", text.join("; ")),
             )
         }
@@ -1118,28 +1347,39 @@ impl SyncState {
             Outcome::Written { name, before, .. } => {
                 self.pending.insert(name, Pending { before });
             }
-            Outcome::Conflict { name, fresh } => {
+            Outcome::Conflict { name, fresh, adopt } => {
                 self.pending.remove(&name);
                 self.pending_create.remove(&name);
-                match fresh {
-                    Some(nr) => self.allocator.restore(
+                self.confirming.remove(&name);
+                let known = self.allocator.network_of(&name).is_some()
+                    || !self.allocator.holdings(&name).is_empty();
+                // A NodeRoute that vanished under a write keeps its CIDRs here: it is
+                // re-created for its Node, or released once confirmed gone.
+                if let Some(nr) = fresh
+                    && (adopt || !known)
+                {
+                    self.allocator.restore(
                         &name,
                         nr.spec.pod_network.as_deref(),
                         &status_cidrs(&nr),
-                    ),
-                    None => {
-                        self.allocator.release(&name);
-                    }
+                    );
                 }
             }
-            Outcome::Deleted { name } => {
-                if !self.allocator.release(&name).is_empty() {
-                    metrics.releases.inc();
-                    info!(node = %name, "node gone: NodeRoute deleted and its CIDRs released");
-                }
+            Outcome::Deleted { name } | Outcome::Released { name } => {
+                self.confirming.remove(&name);
+                let quarantined = self
+                    .allocator
+                    .release_to_quarantine(&name, Timestamp::now());
+                metrics.releases.inc();
+                info!(
+                    node = %name,
+                    quarantined = %join(&quarantined),
+                    "node gone: its NodeRoute is deleted and its CIDRs are in quarantine"
+                );
             }
             Outcome::Skipped { name } | Outcome::Failed { name } => {
                 self.pending_create.remove(&name);
+                self.confirming.remove(&name);
             }
             Outcome::Done => {}
         }

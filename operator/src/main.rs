@@ -27,6 +27,7 @@ struct Args {
     lease: LeaseConfig,
     concurrency: usize,
     set_node_pod_cidrs: bool,
+    quarantine: Duration,
     log_format: LogFormat,
     log_level: String,
 }
@@ -77,6 +78,11 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         )?,
         lease,
         concurrency: flags.parse_or("concurrency", "PODNET_CONCURRENCY", 32)?,
+        quarantine: flags.seconds(
+            "cidr-quarantine",
+            "PODNET_CIDR_QUARANTINE",
+            Duration::from_secs(300),
+        )?,
         set_node_pod_cidrs: flags.parse_or(
             "set-node-pod-cidrs",
             "PODNET_SET_NODE_POD_CIDRS",
@@ -129,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         ControllerConfig {
             concurrency: args.concurrency.max(1),
             set_node_pod_cidrs: args.set_node_pod_cidrs,
+            quarantine: args.quarantine,
             ..Default::default()
         },
     );

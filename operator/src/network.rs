@@ -77,8 +77,17 @@ pub fn evaluate_networks<'a>(
                 Selector::default()
             }
         };
+        // Entries of status.servedCIDRs no longer in the spec: draining.
+        let draining = pn
+            .status
+            .iter()
+            .flat_map(|s| s.served_cidrs.iter())
+            .filter_map(|c| c.parse::<IpNet>().ok())
+            .filter(|c| !cidrs.contains(c))
+            .collect();
         let pools = NetworkPools {
             cidrs,
+            draining,
             mask_v4: pn.spec.node_mask_size.ipv4,
             mask_v6: pn.spec.node_mask_size.ipv6,
         };
@@ -156,6 +165,137 @@ pub fn node_ips(node: &Node) -> Vec<String> {
     out
 }
 
+/// Why an address cannot be a node IP, if it cannot: peers would route pod traffic to
+/// it.
+pub fn node_ip_problem(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
+        IpAddr::V4(a) if a.is_multicast() => Some("multicast"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("broadcast"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => Some("link-local"),
+        IpAddr::V6(a) if a.is_multicast() => Some("multicast"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => Some("IPv4-mapped"),
+        _ => None,
+    }
+}
+
+/// One node's addresses, as [`choose_node_ips`] weighs them.
+#[derive(Clone, Debug, Default)]
+pub struct NodeAddresses {
+    /// The node's name.
+    pub name: String,
+    /// When the Node was created (the older node wins a duplicate).
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// The addresses its Node reports ([`node_ips`]).
+    pub candidates: Vec<String>,
+    /// The nodeIPs its NodeRoute publishes now.
+    pub previous: Vec<String>,
+}
+
+/// What one node's addresses become.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeIpChoice {
+    /// The node IPs to publish (IPv4 first): each candidate that passed, else the
+    /// previous valid IP of that family.
+    pub ips: Vec<String>,
+    /// Every candidate refused, and why.
+    pub refused: Vec<String>,
+}
+
+/// Decides every node's `nodeIPs` from its Node's addresses ([`node_ips`]), refusing
+/// an address that is not unicast, that lies inside a pod CIDR (`pod_space`: every
+/// served pool and every allocated CIDR), or that another node has: an address claimed
+/// twice goes to the node whose NodeRoute already publishes it, else to the older Node
+/// (then the lower name). A refused address leaves the node's previous IP of that
+/// family in force.
+///
+pub fn choose_node_ips(
+    nodes: &[NodeAddresses],
+    pod_space: &[IpNet],
+) -> BTreeMap<String, NodeIpChoice> {
+    // Who each address goes to: (not an incumbent, creation time, name) sorts first.
+    let mut owner: BTreeMap<IpAddr, (bool, Option<k8s_openapi::jiff::Timestamp>, &str)> =
+        BTreeMap::new();
+    for NodeAddresses {
+        name,
+        created,
+        candidates,
+        previous,
+    } in nodes
+    {
+        for s in candidates.iter().chain(previous.iter()) {
+            let Ok(ip) = s.parse::<IpAddr>() else {
+                continue;
+            };
+            let key = (!previous.contains(s), *created, name.as_str());
+            owner
+                .entry(ip)
+                .and_modify(|k| {
+                    if key < *k {
+                        *k = key;
+                    }
+                })
+                .or_insert(key);
+        }
+    }
+    let inside_pods = |ip: IpAddr| pod_space.iter().find(|n| n.contains(&ip));
+    let mut out = BTreeMap::new();
+    for NodeAddresses {
+        name,
+        candidates,
+        previous,
+        ..
+    } in nodes
+    {
+        let mut choice = NodeIpChoice::default();
+        let refuse = |ip: &IpAddr| -> Option<String> {
+            if let Some(what) = node_ip_problem(*ip) {
+                return Some(format!("{ip} is {what}"));
+            }
+            if let Some(net) = inside_pods(*ip) {
+                return Some(format!("{ip} lies inside the pod CIDR {net}"));
+            }
+            match owner.get(ip) {
+                Some((_, _, other)) if *other != name.as_str() => {
+                    Some(format!("{ip} is node {other}'s address"))
+                }
+                _ => None,
+            }
+        };
+        for family_v4 in [true, false] {
+            let same = |s: &&String| {
+                s.parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_ipv4() == family_v4)
+            };
+            let candidate = candidates.iter().find(same);
+            let fallback = previous
+                .iter()
+                .find(same)
+                .filter(|p| p.parse::<IpAddr>().is_ok_and(|ip| refuse(&ip).is_none()));
+            match candidate.map(|c| (c, c.parse::<IpAddr>())) {
+                Some((c, Ok(ip))) => match refuse(&ip) {
+                    None => choice.ips.push(c.clone()),
+                    Some(why) => {
+                        choice.refused.push(why);
+                        choice.ips.extend(fallback.cloned());
+                    }
+                },
+                Some((c, Err(_))) => {
+                    choice.refused.push(format!("{c:?} is not an IP address"));
+                    choice.ips.extend(fallback.cloned());
+                }
+                None => {}
+            }
+        }
+        out.insert(name.clone(), choice);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
@@ -214,6 +354,55 @@ mod tests {
             choose_network(&edge, &views[2..]).map(|v| v.name.as_str()),
             Some("edge")
         );
+    }
+
+    fn at(s: i64) -> Option<Timestamp> {
+        Timestamp::from_second(s).ok()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bad_node_addresses_are_refused_and_the_previous_ones_stay() {
+        let pods: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let n = |name: &str, created: i64, candidates: &[&str], previous: &[&str]| NodeAddresses {
+            name: name.into(),
+            created: at(created),
+            candidates: strings(candidates),
+            previous: strings(previous),
+        };
+        let nodes = vec![
+            // a: holds 198.18.0.1; b (newer) now claims it too: a keeps it, b keeps its own.
+            n("a", 1, &["198.18.0.1"], &["198.18.0.1"]),
+            n("b", 2, &["198.18.0.1"], &["198.18.0.2"]),
+            // c, d: new and claiming the same address: the older node gets it.
+            n("d", 4, &["198.18.0.9"], &[]),
+            n("c", 3, &["198.18.0.9"], &[]),
+            n("lo", 5, &["127.0.0.1", "::1"], &["198.18.0.5"]),
+            n("pod", 6, &["10.244.3.7"], &[]),
+            n("mc", 7, &["224.0.0.5", "fe80::1"], &[]),
+            n("ok", 8, &["198.18.0.8", "2001:db8::8"], &[]),
+        ];
+        let got = choose_node_ips(&nodes, &pods);
+        let ips = |n: &str| got.get(n).map(|c| c.ips.clone()).unwrap_or_default();
+        let refused = |n: &str| got.get(n).map(|c| c.refused.join("; ")).unwrap_or_default();
+        assert_eq!(ips("a"), ["198.18.0.1"]);
+        assert_eq!(ips("b"), ["198.18.0.2"]);
+        assert!(
+            refused("b").contains("node a's address"),
+            "{}",
+            refused("b")
+        );
+        assert_eq!(ips("c"), ["198.18.0.9"]);
+        assert_eq!(ips("d"), Vec::<String>::new());
+        assert_eq!(ips("lo"), ["198.18.0.5"], "{}", refused("lo"));
+        assert!(refused("lo").contains("loopback"));
+        assert!(refused("pod").contains("inside the pod CIDR 10.244.0.0/16"));
+        assert!(refused("mc").contains("multicast") && refused("mc").contains("link-local"));
+        assert_eq!(ips("ok"), ["198.18.0.8", "2001:db8::8"]);
+        assert!(refused("ok").is_empty());
     }
 
     #[test]

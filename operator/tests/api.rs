@@ -44,12 +44,19 @@ fn main() -> ExitCode {
                 "exhaustion_is_reported_and_recovers_without_restart",
                 exhaustion,
             ),
-            ApiTest::new("deleted_node_releases_its_cidr", node_deletion),
+            ApiTest::new(
+                "released_cidr_is_quarantined_and_goes_back_to_its_node",
+                node_deletion,
+            ),
             ApiTest::new(
                 "podnetwork_edits_grow_drain_and_refuse_overlaps",
                 network_edits,
             ),
-            ApiTest::new("bogus_status_is_reported_and_left_alone", bogus_status),
+            ApiTest::new(
+                "hand_edited_status_is_reported_and_not_adopted",
+                bogus_status,
+            ),
+            ApiTest::new("invalid_node_addresses_are_refused", node_addresses),
             ApiTest::new("node_pod_cidrs_are_set_only_when_enabled", node_pod_cidrs),
         ],
     )
@@ -607,7 +614,13 @@ async fn paused_leader(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
 async fn exhaustion(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let client = cp.client().await?;
     apply_json(&client, r#"{"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"small"},"spec":{"cidrs":["10.9.0.0/22"]}}"#).await?;
-    let _op = OperatorProc::start(&cp, "solo")?;
+    // A short quarantine: the released CIDR goes to a waiting node 2 s after the release.
+    let _op = OperatorProc::start_with_env(
+        &cp,
+        "solo",
+        "127.0.0.1:0",
+        &[("PODNET_CIDR_QUARANTINE", "2")],
+    )?;
     let nodes = names("node", 0..6);
     create_nodes(&client, &nodes, &BTreeMap::new()).await?;
     let nr_api: Api<NodeRoute> = Api::all(client.clone());
@@ -696,10 +709,27 @@ async fn exhaustion(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn quarantine_of(client: &Client, network: &str) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(Api::<PodNetwork>::all(client.clone())
+        .get(network)
+        .await?
+        .status
+        .unwrap_or_default()
+        .quarantine
+        .into_iter()
+        .map(|q| (q.node, q.cidr))
+        .collect())
+}
+
 async fn node_deletion(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let client = cp.client().await?;
     apply_json(&client, r#"{"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"tiny"},"spec":{"cidrs":["10.7.0.0/24"],"nodeMaskSize":{"ipv4":25}}}"#).await?;
-    let _op = OperatorProc::start(&cp, "solo")?;
+    let _op = OperatorProc::start_with_env(
+        &cp,
+        "solo",
+        "127.0.0.1:0",
+        &[("PODNET_CIDR_QUARANTINE", "8")],
+    )?;
     create_nodes(&client, &names("node", 0..2), &BTreeMap::new()).await?;
     let nrs = wait_allocated(&client, &names("node", 0..2), 1, Duration::from_secs(30)).await?;
     let freed = nrs
@@ -707,32 +737,86 @@ async fn node_deletion(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         .find(|n| n.name_any() == "node-0")
         .map(cidrs)
         .unwrap_or_default();
-    Api::<Node>::all(client.clone())
-        .delete("node-0", &DeleteParams::default())
-        .await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nr_api: Api<NodeRoute> = Api::all(client.clone());
+    let gone = |name: &'static str| {
+        let api = nr_api.clone();
+        async move { Ok(api.get_opt(name).await?.is_none().then_some(())) }
+    };
+    nodes.delete("node-0", &DeleteParams::default()).await?;
     // No garbage collector runs here: the operator itself removes the orphaned NodeRoute.
     wait_for(
         "node-0's NodeRoute removed",
         Duration::from_secs(30),
+        || gone("node-0"),
+    )
+    .await?;
+    let released = Instant::now();
+    let want = vec![("node-0".to_string(), freed[0].to_string())];
+    wait_for(
+        "node-0's CIDR in quarantine",
+        Duration::from_secs(10),
         || {
-            let client = client.clone();
+            let (client, want) = (client.clone(), want.clone());
+            async move { Ok((quarantine_of(&client, "tiny").await? == want).then_some(())) }
+        },
+    )
+    .await?;
+    // A new node does not get the quarantined CIDR: the pool is exhausted meanwhile.
+    create_nodes(&client, &names("node", 5..6), &BTreeMap::new()).await?;
+    wait_for(
+        "node-5 waiting (PoolExhausted)",
+        Duration::from_secs(10),
+        || {
+            let api = nr_api.clone();
             async move {
-                Ok(Api::<NodeRoute>::all(client)
-                    .get_opt("node-0")
-                    .await?
-                    .is_none()
-                    .then_some(()))
+                let nr = api.get_opt("node-5").await?;
+                Ok(nr
+                    .filter(|nr| {
+                        allocated_condition(nr).is_some_and(|c| c.reason == "PoolExhausted")
+                    })
+                    .map(|_| ()))
             }
         },
     )
     .await?;
-    create_nodes(&client, &names("node", 5..6), &BTreeMap::new()).await?;
+    // node-0 comes back (a re-registered kubelet) within the quarantine: same CIDR.
+    create_nodes(&client, &names("node", 0..1), &BTreeMap::new()).await?;
+    let back = wait_allocated(&client, &names("node", 0..1), 1, Duration::from_secs(30)).await?;
+    let again = back
+        .iter()
+        .find(|n| n.name_any() == "node-0")
+        .map(cidrs)
+        .unwrap_or_default();
+    ensure!(
+        again == freed,
+        "node-0 came back and got {again:?}, not its {freed:?}"
+    );
+    ensure!(
+        released.elapsed() < Duration::from_secs(8),
+        "too slow to prove anything about the quarantine"
+    );
+    ensure!(quarantine_of(&client, "tiny").await?.is_empty());
+    // Gone again, and this time the quarantine runs out: node-5 gets the CIDR.
+    nodes.delete("node-0", &DeleteParams::default()).await?;
+    wait_for(
+        "node-0's NodeRoute removed",
+        Duration::from_secs(30),
+        || gone("node-0"),
+    )
+    .await?;
+    let released = Instant::now();
     let nrs = wait_allocated(&client, &names("node", 5..6), 1, Duration::from_secs(30)).await?;
     let reused = nrs
         .iter()
         .find(|n| n.name_any() == "node-5")
         .map(cidrs)
         .unwrap_or_default();
+    ensure!(
+        released.elapsed() >= Duration::from_secs(7),
+        "reused {:?} after the release, before the 8 s quarantine",
+        released.elapsed()
+    );
     ensure!(
         reused == freed,
         "the freed {freed:?} should be reused, got {reused:?}"
@@ -805,46 +889,63 @@ async fn bogus_status(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let mut op = OperatorProc::start(&cp, "solo")?;
     create_nodes(&client, &names("node", 0..3), &BTreeMap::new()).await?;
     let nrs = wait_allocated(&client, &names("node", 0..3), 2, Duration::from_secs(30)).await?;
-    let victim = nrs
-        .iter()
-        .find(|n| n.name_any() == "node-0")
-        .map(cidrs)
-        .unwrap_or_default();
-    // Someone writes node-0's IPv4 CIDR into node-1's status by hand.
-    let bogus = json!({"status": {"podCIDRs": [victim[0].to_string(), cidrs(nrs.iter().find(|n| n.name_any() == "node-1").context("node-1")?)[1].to_string()]}});
-    Api::<NodeRoute>::all(client.clone())
-        .patch_status("node-1", &PatchParams::default(), &Patch::Merge(bogus))
+    let of = |name: &str| {
+        nrs.iter()
+            .find(|n| n.name_any() == name)
+            .map(cidrs)
+            .unwrap_or_default()
+    };
+    let (victim, own1, own2) = (of("node-0"), of("node-1"), of("node-2"));
+    let api = Api::<NodeRoute>::all(client.clone());
+    // Someone writes node-0's IPv4 CIDR into node-1's status by hand, and a default
+    // route into node-2's.
+    for (name, forged) in [
+        ("node-1", vec![victim[0].to_string(), own1[1].to_string()]),
+        ("node-2", vec!["0.0.0.0/0".to_string(), own2[1].to_string()]),
+    ] {
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"podCIDRs": forged}})),
+        )
         .await?;
-    let nr = wait_for(
-        "the conflict reported on node-1",
-        Duration::from_secs(20),
-        || {
-            let client = client.clone();
-            async move {
-                let nr = Api::<NodeRoute>::all(client).get("node-1").await?;
-                let conds = nr
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                Ok(find_condition(&conds, "Allocated")
-                    .is_some_and(|c| c.reason == "InvalidAllocation")
-                    .then_some(nr))
-            }
-        },
-    )
-    .await?;
-    let msg = find_condition(
-        &nr.status.clone().unwrap_or_default().conditions,
-        "Allocated",
-    )
-    .map(|c| c.message.clone())
-    .unwrap_or_default();
-    ensure!(msg.contains("overlaps") && msg.contains("node-0"), "{msg}");
-    // Left alone: the operator neither moved it nor crashed; node-0 keeps its CIDR.
-    ensure!(cidrs(&nr)[0] == victim[0]);
-    let n0 = Api::<NodeRoute>::all(client.clone()).get("node-0").await?;
-    ensure!(cidrs(&n0) == victim);
+    }
+    // Not adopted: each node's status is written back with what it was allocated.
+    for (name, own) in [("node-1", &own1), ("node-2", &own2)] {
+        wait_for(
+            &format!("{name}'s CIDRs restored"),
+            Duration::from_secs(20),
+            || {
+                let api = api.clone();
+                async move {
+                    let nr = api.get(name).await?;
+                    Ok((cidrs(&nr) == *own
+                        && allocated_condition(&nr).is_some_and(|c| c.status == "True"))
+                    .then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    ensure!(cidrs(&api.get("node-0").await?) == victim);
+    // Reported: an InvalidAllocation event on each.
+    let events = cp.kubectl([
+        "get",
+        "events",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.involvedObject.name} {.reason} {.message}{\"\\n\"}{end}",
+    ])?;
+    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    for name in ["node-1", "node-2"] {
+        ensure!(
+            events
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} InvalidAllocation"))
+                    && l.contains("restored")),
+            "no InvalidAllocation event for {name}:\n{events}"
+        );
+    }
     // New nodes never get the contested CIDR.
     create_nodes(&client, &names("node", 3..5), &BTreeMap::new()).await?;
     let nrs = wait_allocated(&client, &names("node", 3..5), 2, Duration::from_secs(30)).await?;
@@ -853,12 +954,130 @@ async fn bogus_status(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
             .filter(|n| n.name_any() == "node-3" || n.name_any() == "node-4")
             .all(|n| !cidrs(n).contains(&victim[0]))
     );
+    no_overlaps(&client).await?;
+    // A restarted operator adopts what it finds, but reports (and never routes) what is
+    // wrong: a CIDR outside every pool stays InvalidAllocation.
+    drop(op);
+    api.patch_status(
+        "node-2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podCIDRs": ["192.0.2.0/24", own2[1].to_string()]}})),
+    )
+    .await?;
+    op = OperatorProc::start(&cp, "second")?;
+    wait_for(
+        "node-2 reported InvalidAllocation",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let nr = api.get("node-2").await?;
+                Ok(allocated_condition(&nr)
+                    .filter(|c| c.reason == "InvalidAllocation" && c.status == "False")
+                    .map(|c| c.message))
+            }
+        },
+    )
+    .await
+    .and_then(|msg| {
+        ensure!(
+            msg.contains("192.0.2.0/24") && msg.contains("outside"),
+            "{msg}"
+        );
+        Ok(())
+    })?;
+    op.assert_running()
+}
+
+/// Node addresses that cannot carry pod traffic are refused with a condition and an
+/// event, and the previous valid ones stay in force.
+async fn node_addresses(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    let client = cp.client().await?;
+    apply_json(&client, DUAL).await?;
+    let _op = OperatorProc::start(&cp, "solo")?;
+    create_nodes(&client, &names("node", 0..2), &BTreeMap::new()).await?;
+    let nrs = wait_allocated(&client, &names("node", 0..2), 2, Duration::from_secs(30)).await?;
+    let ips_of = |nr: &NodeRoute| nr.status.clone().unwrap_or_default().node_ips;
+    let before: BTreeMap<String, Vec<String>> =
+        nrs.iter().map(|n| (n.name_any(), ips_of(n))).collect();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    let (n0_v4, _) = node_ip(0);
+    // node-1 now claims node-0's IPv4 address and a loopback IPv6 one.
+    nodes
+        .patch_status(
+            "node-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": n0_v4},
+                {"type": "InternalIP", "address": "::1"},
+            ]}})),
+        )
+        .await?;
+    let msg = wait_for(
+        "node-1's NodeIPsValid=False",
+        Duration::from_secs(20),
+        || {
+            let api = api.clone();
+            async move {
+                let nr = api.get("node-1").await?;
+                Ok(nr
+                    .status
+                    .as_ref()
+                    .and_then(|s| find_condition(&s.conditions, "NodeIPsValid"))
+                    .filter(|c| c.status == "False" && c.reason == "InvalidNodeIP")
+                    .map(|c| c.message.clone()))
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        msg.contains("node-0's address") && msg.contains("loopback"),
+        "{msg}"
+    );
+    for nr in api.list(&ListParams::default()).await?.items {
+        ensure!(
+            ips_of(&nr) == before[&nr.name_any()],
+            "{}'s nodeIPs changed to {:?}",
+            nr.name_any(),
+            ips_of(&nr)
+        );
+    }
     let events = cp.kubectl(["get", "events", "-A", "-o", "jsonpath={.items[*].reason}"])?;
     ensure!(
-        String::from_utf8_lossy(&events.stdout).contains("InvalidAllocation"),
-        "no event"
+        String::from_utf8_lossy(&events.stdout).contains("InvalidNodeIP"),
+        "no InvalidNodeIP event"
     );
-    op.assert_running()
+    // Fixed: accepted again.
+    let (n1_v4, n1_v6) = node_ip(1);
+    nodes
+        .patch_status(
+            "node-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": n1_v4},
+                {"type": "InternalIP", "address": n1_v6},
+            ]}})),
+        )
+        .await?;
+    wait_for(
+        "node-1's NodeIPsValid=True",
+        Duration::from_secs(20),
+        || {
+            let api = api.clone();
+            async move {
+                let nr = api.get("node-1").await?;
+                Ok(nr
+                    .status
+                    .as_ref()
+                    .and_then(|s| find_condition(&s.conditions, "NodeIPsValid"))
+                    .filter(|c| c.status == "True")
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn node_pod_cidrs(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
