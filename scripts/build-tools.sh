@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the real components podnet's tests and lab run against — etcd, kube-apiserver and kubectl
-# (k8s.io/kubernetes), helm and cnitool — from the Go module proxy, once, into a cache outside
-# the repository keyed by version. A second run finds the stamped binaries and returns at once.
+# Builds the real components podnet's tests and lab run against — etcd; kube-apiserver, kubectl,
+# kube-controller-manager, kube-scheduler, kubelet and kube-proxy (k8s.io/kubernetes);
+# containerd 2.x; helm and cnitool — from the Go module proxy, once, into a cache outside the
+# repository keyed by version. A second run finds the stamped binaries and returns at once.
 #
 #   scripts/build-tools.sh            # build what is missing, print the bin dir
 #
@@ -14,6 +15,7 @@ K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CNI_VERSION="${CNI_VERSION:-v1.3.0}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.2.9}"
 CACHE="${PODNET_TOOLS_CACHE:-/var/cache/podnet-tools}"
 
 die() { echo "build-tools: $*" >&2; exit 1; }
@@ -43,17 +45,20 @@ finish() {
   mv "$1" "$2"
 }
 
+# build_kubernetes NAME CMD...: the k8s.io/kubernetes commands CMD (cmd/<CMD>) into
+# $CACHE/NAME-$K8S_VERSION. k8s.io/kubernetes replaces its staging modules with local paths,
+# which `go install` refuses; a wrapper module pins each of them to its published v0.x twin.
+# Builds share Go's build cache, so the second set compiles only what the first did not.
 build_kubernetes() {
-  local dest="$CACHE/kubernetes-$K8S_VERSION"
+  local name=$1; shift
+  local dest="$CACHE/$name-$K8S_VERSION"
   stamped "$dest" && return 0
   proxy_check
-  step "building kube-apiserver and kubectl $K8S_VERSION (cold: 10-25 min on 2 cores)"
-  local work; work=$(mktemp -d "$CACHE/.kubernetes-build.XXXXXX")
+  step "building $* $K8S_VERSION (cold: 10-25 min on 2 cores for the first set)"
+  local work; work=$(mktemp -d "$CACHE/.$name-build.XXXXXX")
   trap 'rm -rf "$work"' RETURN
   local staging_ver="v0${K8S_VERSION#v1}"
   mkdir -p "$work/mod" "$work/out"
-  # k8s.io/kubernetes replaces its staging modules with local paths, which `go install` refuses;
-  # a wrapper module pins each of them to its published v0.x twin instead.
   curl -fsS -m 60 "${GOPROXY%%,*}/k8s.io/kubernetes/@v/${K8S_VERSION}.mod" -o "$work/k8s.mod" \
     || die "cannot fetch k8s.io/kubernetes ${K8S_VERSION} go.mod from the proxy"
   {
@@ -66,16 +71,16 @@ build_kubernetes() {
     grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$work/k8s.mod" \
       | awk -v v="$staging_ver" '{print "replace " $1 " => " $1 " " v}'
   } > "$work/mod/go.mod"
-  cat > "$work/mod/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    echo "//go:build tools"
+    echo
+    echo "package tools"
+    echo
+    echo "import ("
+    local c
+    for c in "$@"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done
+    echo ")"
+  } > "$work/mod/tools.go"
   local maj=${K8S_VERSION#v}; maj=${maj%%.*}
   local min=${K8S_VERSION#v*.}; min=${min%%.*}
   local ld="-s -w"
@@ -87,11 +92,36 @@ GO
   (
     cd "$work/mod"
     go mod tidy -e >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the kubernetes wrapper module"; }
-    go build -tags tools -ldflags "$ld" -o "$work/out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-    go build -tags tools -ldflags "$ld" -o "$work/out/kubectl" k8s.io/kubernetes/cmd/kubectl
-  ) || die "building kubernetes $K8S_VERSION failed (see output above)"
-  "$work/out/kubectl" version --client >/dev/null || die "built kubectl does not run"
-  mkdir -p "$work/pub"; mv "$work/out/kube-apiserver" "$work/out/kubectl" "$work/pub/"
+    for c in "$@"; do
+      go build -tags tools -ldflags "$ld" -o "$work/out/$c" "k8s.io/kubernetes/cmd/$c"
+    done
+  ) || die "building kubernetes $K8S_VERSION ($*) failed (see output above)"
+  for c in "$@"; do
+    "$work/out/$c" --version >/dev/null 2>&1 || "$work/out/$c" version --client >/dev/null \
+      || die "built $c does not run"
+  done
+  mkdir -p "$work/pub"
+  for c in "$@"; do mv "$work/out/$c" "$work/pub/"; done
+  finish "$work/pub" "$dest"
+}
+
+# containerd 2.x for the real-node lab (kubelet 1.36 needs CRI from containerd >= 2): the
+# daemon, its runc shim and ctr, without the storage drivers that need cgo.
+build_containerd() {
+  local dest="$CACHE/containerd-$CONTAINERD_VERSION"
+  stamped "$dest" && return 0
+  step "building containerd $CONTAINERD_VERSION"
+  local work; work=$(mktemp -d "$CACHE/.containerd-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  mkdir -p "$work/pub"
+  local c
+  for c in containerd containerd-shim-runc-v2 ctr; do
+    GOBIN="$work/pub" go install -tags "no_btrfs no_devmapper no_zfs" \
+      -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/$c@$CONTAINERD_VERSION" \
+      || die "go install containerd/cmd/$c@$CONTAINERD_VERSION failed"
+  done
+  "$work/pub/containerd" --version | grep -q "${CONTAINERD_VERSION}" || die "built containerd does not report $CONTAINERD_VERSION"
   finish "$work/pub" "$dest"
 }
 
@@ -145,11 +175,13 @@ build_go_tool() { # name version module-path/cmd ldflags
 }
 
 mkdir -p "$CACHE" || die "cannot create cache dir $CACHE"
-build_kubernetes
+build_kubernetes kubernetes kube-apiserver kubectl
 build_etcd
 build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool ""
+build_kubernetes kubernetes-node kube-controller-manager kube-scheduler kubelet kube-proxy
+build_containerd
 
 # One directory of symlinks so callers need a single PATH entry.
 bin="$CACHE/bin"
@@ -159,4 +191,10 @@ ln -sfn "$CACHE/kubernetes-$K8S_VERSION/kube-apiserver" "$bin/kube-apiserver"
 ln -sfn "$CACHE/kubernetes-$K8S_VERSION/kubectl" "$bin/kubectl"
 ln -sfn "$CACHE/helm-$HELM_VERSION/helm" "$bin/helm"
 ln -sfn "$CACHE/cnitool-$CNI_VERSION/cnitool" "$bin/cnitool"
+for c in kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  ln -sfn "$CACHE/kubernetes-node-$K8S_VERSION/$c" "$bin/$c"
+done
+for c in containerd containerd-shim-runc-v2 ctr; do
+  ln -sfn "$CACHE/containerd-$CONTAINERD_VERSION/$c" "$bin/$c"
+done
 echo "$bin"

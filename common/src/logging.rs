@@ -34,3 +34,25 @@ pub fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// The logging flags every podnet binary takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log line format: text or json.
+    #[arg(
+        long = "log-format",
+        env = "PODNET_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub format: LogFormat,
+    /// Log level or tracing filter (`RUST_LOG` wins when set), such as `info` or
+    /// `info,kube_runtime=debug`.
+    #[arg(
+        long = "log-level",
+        env = "PODNET_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub level: String,
+}

@@ -130,3 +130,72 @@ pub(crate) fn generate(openssl: &Path, dir: &Path, server_ips: &[IpAddr]) -> Res
     )?;
     Ok(pki)
 }
+
+/// A certificate and its key signed by the lab's CA.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+/// What an issued certificate is for.
+pub enum Usage<'a> {
+    /// A client: `subject` such as `/O=system:nodes/CN=system:node:node-1`.
+    Client,
+    /// A server reached at these addresses.
+    Server(&'a [IpAddr]),
+}
+
+/// Issues `<dir>/<name>.crt` and `.key` for `subject`, signed by the CA in `ca_cert` /
+/// `ca_key`.
+pub fn issue(
+    openssl: &Path,
+    ca_cert: &Path,
+    ca_key: &Path,
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    usage: Usage,
+) -> Result<Issued, LabError> {
+    let issued = Issued {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let mut ext: Vec<String> = vec!["basicConstraints=critical,CA:FALSE".into()];
+    match usage {
+        Usage::Client => ext.push("extendedKeyUsage=clientAuth".into()),
+        Usage::Server(ips) => {
+            ext.push("extendedKeyUsage=serverAuth".into());
+            let san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+            ext.push(format!("subjectAltName={}", san.join(",")));
+        }
+    }
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-days",
+        "3650",
+        "-subj",
+        subject,
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-CA",
+        path_str(ca_cert),
+        "-CAkey",
+        path_str(ca_key),
+        "-keyout",
+        path_str(&issued.key),
+        "-out",
+        path_str(&issued.cert),
+    ];
+    for e in &ext {
+        args.extend(["-addext", e.as_str()]);
+    }
+    run(openssl, &args)?;
+    Ok(issued)
+}

@@ -28,6 +28,10 @@ pub struct ControlPlaneOptions {
     /// Start the processes in their own process group so that they outlive the starter
     /// (the lab's `up`); tests leave this off.
     pub detachable: bool,
+    /// Real kubelets will join: authorize them with the Node authorizer and the
+    /// NodeRestriction admission plugin, and publish the `kubernetes` Service's
+    /// endpoint (the bind address) for pods.
+    pub real_nodes: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -35,6 +39,7 @@ impl Default for ControlPlaneOptions {
         Self {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             detachable: false,
+            real_nodes: false,
         }
     }
 }
@@ -56,7 +61,7 @@ pub struct ControlPlane {
 }
 
 /// What a detached control plane leaves behind so that a later command can find it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DetachedControlPlane {
     /// The control plane's directory (kubeconfig, logs, PKI, etcd data).
     pub dir: PathBuf,
@@ -278,7 +283,7 @@ impl ControlPlane {
 
     fn apiserver_args(&self) -> Vec<String> {
         let p = |path: &Path| path.display().to_string();
-        vec![
+        let mut args = vec![
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_client_port),
             format!("--bind-address={}", self.opts.bind),
             format!("--advertise-address={}", self.opts.bind),
@@ -287,16 +292,31 @@ impl ControlPlane {
             format!("--tls-cert-file={}", p(&self.pki.server_cert)),
             format!("--tls-private-key-file={}", p(&self.pki.server_key)),
             format!("--client-ca-file={}", p(&self.pki.ca_cert)),
-            "--authorization-mode=RBAC".to_string(),
+            if self.opts.real_nodes {
+                "--authorization-mode=Node,RBAC".to_string()
+            } else {
+                "--authorization-mode=RBAC".to_string()
+            },
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
             format!("--service-account-key-file={}", p(&self.pki.sa_pub)),
             format!("--service-account-signing-key-file={}", p(&self.pki.sa_key)),
-            // Only object allocation: nothing routes to this range.
+            // Only inside the lab's node namespaces (kube-proxy's rules) does anything
+            // route to this range.
             "--service-cluster-ip-range=198.19.240.0/20".to_string(),
-            // No kubelets or proxies exist to use an endpoint for the API server itself.
-            "--endpoint-reconciler-type=none".to_string(),
             "--profiling=false".to_string(),
-        ]
+        ];
+        if self.opts.real_nodes {
+            args.extend([
+                "--enable-admission-plugins=NodeRestriction".to_string(),
+                format!("--kubelet-client-certificate={}", p(&self.pki.admin_cert)),
+                format!("--kubelet-client-key={}", p(&self.pki.admin_key)),
+                "--kubelet-preferred-address-types=InternalIP".to_string(),
+            ]);
+        } else {
+            // No kubelets or proxies exist to use an endpoint for the API server itself.
+            args.push("--endpoint-reconciler-type=none".to_string());
+        }
+        args
     }
 
     fn write_kubeconfig(&self) -> Result<(), LabError> {
@@ -379,7 +399,7 @@ fn stop_child(child: Option<Child>, grace: Duration) {
 }
 
 /// `n` distinct ports that were free a moment ago on `ip` (and on loopback for etcd).
-fn free_ports(n: usize, ip: IpAddr) -> Result<Vec<u16>, LabError> {
+pub(crate) fn free_ports(n: usize, ip: IpAddr) -> Result<Vec<u16>, LabError> {
     let listeners = (0..n)
         .map(|_| {
             TcpListener::bind((ip, 0))

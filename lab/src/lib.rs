@@ -5,13 +5,15 @@
 //! them (and removes the directory) when dropped. [`testing`] is the one helper every
 //! integration test that needs an API server goes through.
 
-mod certs;
+pub mod certs;
 pub mod chart;
 pub mod cluster;
 pub(crate) mod controlplane;
 mod error;
 pub mod invariants;
+pub mod kube_node;
 pub mod probes;
+pub mod real;
 mod runtime_dir;
 pub mod testing;
 mod tools;

@@ -12,67 +12,144 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use podnet_common::{
-    ApiClients, Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal,
+    ApiClients, Health, LogArgs, init_logging, parse_seconds, serve_ops, shutdown_signal,
+};
+use podnet_contract::{
+    DEFAULT_BRIDGE, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR, DEFAULT_IPAM_DIR, DEFAULT_STATE_DIR,
+    PLUGIN_TYPE, ROUTE_PROTOCOL,
 };
 use podnet_daemon::controller::{Daemon, DaemonConfig, DaemonMetrics};
-use podnet_daemon::desired::ROUTE_PROTOCOL;
 use podnet_daemon::masquerade::Iptables;
-use podnet_daemon::{cniconf, routes};
+use podnet_daemon::{cniconf, routes, state};
 use podnet_netlink::Netlink;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Mutex, watch};
 use tracing::info;
 
-const USAGE: &str =
-    "usage: podnet-daemon [run|install-cni|cleanup] [--node-name NAME] [--netns PATH]
-       [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--cni-src PATH] [--bridge NAME] [--ipam-dir DIR]
-       [--resync SECS] [--ops-addr ADDR] [--log-format text|json] [--log-level LEVEL]
-Flags also come from the environment: NODE_NAME, PODNET_NETNS, PODNET_CNI_CONF_DIR, ...";
-
-fn config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
-    Ok(DaemonConfig {
-        node_name: flags
-            .get("node-name", "NODE_NAME")
-            .context("NODE_NAME (or --node-name) is required")?,
-        netns: flags.get("netns", "PODNET_NETNS").map(PathBuf::from),
-        cni_conf_dir: flags
-            .get_or("cni-conf-dir", "PODNET_CNI_CONF_DIR", "/etc/cni/net.d")
-            .into(),
-        bridge: flags.get_or("bridge", "PODNET_BRIDGE", "podnet0"),
-        ipam_dir: flags
-            .get_or("ipam-dir", "PODNET_IPAM_DIR", "/run/podnet/ipam")
-            .into(),
-        state_dir: Some(
-            flags
-                .get_or(
-                    "state-dir",
-                    "PODNET_STATE_DIR",
-                    podnet_contract::DEFAULT_STATE_DIR,
-                )
-                .into(),
-        )
-        .filter(|p: &PathBuf| !p.as_os_str().is_empty()),
-        resync: flags.seconds("resync", "PODNET_RESYNC", Duration::from_secs(10))?,
-        startup_grace: flags.seconds(
-            "startup-grace",
-            "PODNET_STARTUP_GRACE",
-            Duration::from_secs(10),
-        )?,
-    })
+/// podnet's node agent: routes to every other node's pod CIDR, the CNI config for
+/// podnet-cni, masquerade for traffic leaving the cluster, and the node's Programmed
+/// condition — from NodeRoutes and PodNetworks. Without a subcommand it runs the agent.
+#[derive(Parser)]
+#[command(
+    name = "podnet-daemon",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
-fn netlink(cfg_netns: &Option<PathBuf>) -> anyhow::Result<Netlink> {
-    Ok(match cfg_netns {
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the node agent (the default).
+    Run(RunArgs),
+    /// Copies podnet-cni into the CNI bin directory, atomically (the chart's init
+    /// container).
+    InstallCni(InstallArgs),
+    /// Removes everything podnet installed on this node: its routes, masquerade chains,
+    /// CNI config and plugin, bridge, lease store and saved state.
+    Cleanup(CleanupArgs),
+}
+
+/// Where podnet lives on the node.
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// Program this network namespace instead of the daemon's own (tests and the lab).
+    #[arg(long, env = "PODNET_NETNS")]
+    netns: Option<PathBuf>,
+    /// Directory of the CNI configuration the runtime reads.
+    #[arg(long, env = "PODNET_CNI_CONF_DIR", default_value = DEFAULT_CNI_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// The bridge pods attach to.
+    #[arg(long, env = "PODNET_BRIDGE", default_value = DEFAULT_BRIDGE)]
+    bridge: String,
+    /// podnet-cni's lease directory.
+    #[arg(long, env = "PODNET_IPAM_DIR", default_value = DEFAULT_IPAM_DIR)]
+    ipam_dir: PathBuf,
+    /// Where the last programmed state is kept (empty: keep none).
+    #[arg(long, env = "PODNET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// This node's name (the chart sets it from the pod's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Seconds between full checks of the kernel state (drift repair).
+    #[arg(long, env = "PODNET_RESYNC", default_value = "10", value_parser = parse_seconds)]
+    resync: Duration,
+    /// Seconds to wait for the API server at start before programming the saved state.
+    #[arg(long, env = "PODNET_STARTUP_GRACE", default_value = "10", value_parser = parse_seconds)]
+    startup_grace: Duration,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "PODNET_OPS_ADDR", default_value = "0.0.0.0:9091")]
+    ops_addr: SocketAddr,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The podnet-cni binary to install.
+    #[arg(
+        long,
+        env = "PODNET_CNI_SRC",
+        default_value = "/usr/local/bin/podnet-cni"
+    )]
+    cni_src: PathBuf,
+    /// The CNI bin directory of the node.
+    #[arg(long, env = "PODNET_CNI_BIN_DIR", default_value = DEFAULT_CNI_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The CNI bin directory podnet-cni was installed into.
+    #[arg(long, env = "PODNET_CNI_BIN_DIR", default_value = DEFAULT_CNI_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// After cleaning, wait until SIGTERM: as the container of a DaemonSet, a pod that
+    /// runs says its node is clean (examples/cleanup-daemonset.yaml).
+    #[arg(long)]
+    wait: bool,
+}
+
+fn netlink(netns: &Option<PathBuf>) -> anyhow::Result<Netlink> {
+    Ok(match netns {
         Some(ns) => Netlink::in_netns(ns)?,
         None => Netlink::new()?,
     })
 }
 
-/// Removes podnet's routes, chains, CNI config and bridge from this node.
-fn cleanup(flags: &Flags) -> anyhow::Result<()> {
-    let netns = flags.get("netns", "PODNET_NETNS").map(PathBuf::from);
-    let mut nl = netlink(&netns)?;
+fn remove_file(path: &std::path::Path) -> anyhow::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+fn remove_dir(path: &std::path::Path) -> anyhow::Result<bool> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes everything podnet installed on this node.
+fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
+    let node = &args.node;
+    let mut nl = netlink(&node.netns)?;
     let kernel = routes::KernelView {
         routes: routes::read_routes(&mut nl)?,
         addresses: Vec::new(),
@@ -81,55 +158,74 @@ fn cleanup(flags: &Flags) -> anyhow::Result<()> {
     if !report.errors.is_empty() {
         bail!("removing podnet's routes: {}", report.errors.join("; "));
     }
-    let removed = report.removed;
     Iptables {
-        netns: netns.clone(),
+        netns: node.netns.clone(),
     }
     .apply(None)?;
-    let conf = PathBuf::from(flags.get_or("cni-conf-dir", "PODNET_CNI_CONF_DIR", "/etc/cni/net.d"))
-        .join(cniconf::CONFLIST);
-    match std::fs::remove_file(&conf) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", conf.display())),
-    }
-    let bridge = flags.get_or("bridge", "PODNET_BRIDGE", "podnet0");
-    let bridge_removed = nl.del_link_by_name(&bridge)?;
+    let conf = node.cni_conf_dir.join(cniconf::CONFLIST);
+    let conf_removed = remove_file(&conf)?;
+    let plugin_removed = remove_file(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
+    let bridge_removed = nl.del_link_by_name(&node.bridge)?;
+    let leases_removed = remove_dir(&node.ipam_dir)?;
+    let state_removed = if node.state_dir.as_os_str().is_empty() {
+        false
+    } else {
+        remove_file(&node.state_dir.join(state::FILE))?
+    };
     println!(
-        "removed {removed} podnet routes (protocol {ROUTE_PROTOCOL}), the masquerade chains, {}, bridge {bridge}: {bridge_removed}",
-        conf.display()
+        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}), the masquerade chains, {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
+        report.removed,
+        conf.display(),
+        args.cni_bin_dir.join(PLUGIN_TYPE).display(),
+        node.bridge,
+        node.ipam_dir.display(),
     );
     Ok(())
 }
 
-fn install_cni(flags: &Flags) -> anyhow::Result<()> {
-    let src = PathBuf::from(flags.get_or("cni-src", "PODNET_CNI_SRC", "/usr/local/bin/podnet-cni"));
-    let dir = PathBuf::from(flags.get_or("cni-bin-dir", "PODNET_CNI_BIN_DIR", "/opt/cni/bin"));
-    if !src.is_file() {
-        bail!("{} not found (--cni-src)", src.display());
+fn install_cni(args: &InstallArgs) -> anyhow::Result<()> {
+    if !args.cni_src.is_file() {
+        bail!("{} not found (--cni-src)", args.cni_src.display());
     }
-    let dst = cniconf::install_binary(&src, &dir, "podnet-cni")
-        .with_context(|| format!("installing into {}", dir.display()))?;
+    let dst = cniconf::install_binary(&args.cni_src, &args.cni_bin_dir, PLUGIN_TYPE)
+        .with_context(|| format!("installing into {}", args.cni_bin_dir.display()))?;
     println!("installed {}", dst.display());
     Ok(())
 }
 
-async fn run(flags: &Flags) -> anyhow::Result<()> {
-    let cfg = config(flags)?;
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(node_name) = args.node_name else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "NODE_NAME (or --node-name) is required to run the agent",
+            )
+            .exit();
+    };
+    let state_dir = Some(args.node.state_dir).filter(|p| !p.as_os_str().is_empty());
+    let cfg = DaemonConfig {
+        node_name,
+        netns: args.node.netns,
+        cni_conf_dir: args.node.cni_conf_dir,
+        bridge: args.node.bridge,
+        ipam_dir: args.node.ipam_dir,
+        state_dir,
+        resync: args.resync,
+        startup_grace: args.startup_grace,
+    };
     let clients = ApiClients::infer()
         .await
         .context("connecting to the Kubernetes API")?;
     let mut registry = Registry::default();
     let metrics = DaemonMetrics::register(&mut registry);
     let health = Arc::new(Health::default());
-    let ops: SocketAddr = flags.parse_or(
-        "ops-addr",
-        "PODNET_OPS_ADDR",
-        SocketAddr::from(([0, 0, 0, 0], 9091)),
-    )?;
-    let (bound, _server) = serve_ops(ops, Arc::clone(&health), Arc::new(Mutex::new(registry)))
-        .await
-        .with_context(|| format!("binding {ops}"))?;
+    let (bound, _server) = serve_ops(
+        args.ops_addr,
+        Arc::clone(&health),
+        Arc::new(Mutex::new(registry)),
+    )
+    .await
+    .with_context(|| format!("binding {}", args.ops_addr))?;
     info!(node = %cfg.node_name, addr = %bound, "podnet-daemon starting");
     let (stop_tx, stop_rx) = watch::channel(false);
     let daemon = tokio::spawn(Daemon::new(clients, cfg, health, metrics).run(stop_rx));
@@ -141,28 +237,18 @@ async fn run(flags: &Flags) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version") {
-        println!("podnet-daemon {}", env!("CARGO_PKG_VERSION"));
-        return Ok(());
-    }
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let flags = Flags::parse(args)?;
-    let format: LogFormat = flags
-        .get_or("log-format", "PODNET_LOG_FORMAT", "text")
-        .parse()
-        .map_err(anyhow::Error::msg)?;
-    init_logging(
-        format,
-        &flags.get_or("log-level", "PODNET_LOG_LEVEL", "info"),
-    );
-    match flags.positional.first().map(String::as_str) {
-        None | Some("run") => run(&flags).await,
-        Some("install-cni") => install_cni(&flags),
-        Some("cleanup") => cleanup(&flags),
-        Some(other) => bail!("unknown command {other:?}\n{USAGE}"),
+    let cli = Cli::parse();
+    init_logging(cli.log.format, &cli.log.level);
+    match cli.command {
+        None => run(cli.run).await,
+        Some(Cmd::Run(args)) => run(args).await,
+        Some(Cmd::InstallCni(args)) => install_cni(&args),
+        Some(Cmd::Cleanup(args)) => {
+            cleanup(&args)?;
+            if args.wait {
+                shutdown_signal().await;
+            }
+            Ok(())
+        }
     }
 }

@@ -404,6 +404,13 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         .args(["cleanup", "--netns", &ns.path()])
         .arg("--cni-conf-dir")
         .arg(&ns.conf_dir)
+        // Never the host's own paths: everything under the test's directory.
+        .arg("--cni-bin-dir")
+        .arg(ns.conf_dir.join("bin"))
+        .arg("--ipam-dir")
+        .arg(ns.conf_dir.join("ipam"))
+        .arg("--state-dir")
+        .arg(ns.conf_dir.join("state"))
         .output()?;
     ensure!(
         out.status.success(),
@@ -417,6 +424,7 @@ async fn routes_follow_peers(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     );
     ensure!(
         !conf_path.exists()
+            && !ns.conf_dir.join("state/programmed.json").exists()
             && !ns.nat(false)?.contains("PODNET-MASQ")
             && !ns.nat(true)?.contains("PODNET-MASQ"),
         "cleanup left podnet state behind"

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
 use podnet_common::{
-    ApiClients, Flags, Health, LogFormat, init_logging, serve_ops, shutdown_signal,
+    ApiClients, Health, LogArgs, init_logging, parse_seconds, serve_ops, shutdown_signal,
 };
 use podnet_operator::controller::{ControllerConfig, Operator};
 use podnet_operator::leader::{self, Leadership, LeaseConfig};
@@ -15,93 +16,65 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Mutex, watch};
 use tracing::info;
 
-const USAGE: &str =
-    "usage: podnet-operator [--version] [--ops-addr ADDR] [--lease-namespace NS] [--identity ID]
-       [--lease-duration SECS] [--renew-deadline SECS] [--retry-period SECS]
-       [--concurrency N] [--set-node-pod-cidrs true|false] [--log-format text|json] [--log-level LEVEL]
-Every flag can also be given as an environment variable: PODNET_OPS_ADDR, POD_NAMESPACE,
-POD_NAME, PODNET_LEASE_DURATION, ... (upper case, PODNET_ prefix).";
-
-struct Args {
+/// podnet's allocator: gives every Node one pod CIDR per IP family from the PodNetwork
+/// that selects it, into its NodeRoute's status. Run two or more replicas: one leads
+/// (a Lease), the others stand by.
+#[derive(Parser)]
+#[command(name = "podnet-operator", version)]
+struct Cli {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "PODNET_OPS_ADDR", default_value = "0.0.0.0:9090")]
     ops_addr: SocketAddr,
-    lease: LeaseConfig,
+    /// Namespace of the leader-election Lease `podnet-operator`.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease is valid without renewal.
+    #[arg(long, env = "PODNET_LEASE_DURATION", default_value = "15", value_parser = parse_seconds)]
+    lease_duration: Duration,
+    /// Seconds after the start of its last successful renewal that a leader stops acting
+    /// as one (shorter than the lease duration).
+    #[arg(long, env = "PODNET_RENEW_DEADLINE", default_value = "10", value_parser = parse_seconds)]
+    renew_deadline: Duration,
+    /// Seconds between renewals and acquisition attempts.
+    #[arg(long, env = "PODNET_RETRY_PERIOD", default_value = "2", value_parser = parse_seconds)]
+    retry_period: Duration,
+    /// API writes in flight at once.
+    #[arg(long, env = "PODNET_CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
+    /// Also copy each node's CIDRs into an empty Node.spec.podCIDRs (needs patch on
+    /// nodes).
+    #[arg(long, env = "PODNET_SET_NODE_POD_CIDRS", default_value_t = false, action = clap::ArgAction::Set)]
     set_node_pod_cidrs: bool,
-    quarantine: Duration,
-    log_format: LogFormat,
-    log_level: String,
-}
-
-fn parse_args() -> anyhow::Result<Option<Args>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version" || a == "version") {
-        println!("podnet-operator {}", env!("CARGO_PKG_VERSION"));
-        return Ok(None);
-    }
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return Ok(None);
-    }
-    let flags = Flags::parse(args)?;
-    if let Some(other) = flags.positional.first() {
-        bail!("unexpected argument {other:?}\n{USAGE}");
-    }
-    let identity = flags.get("identity", "POD_NAME").unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    let namespace = flags.get_or("lease-namespace", "POD_NAMESPACE", "kube-system");
-    let mut lease = LeaseConfig::new(namespace, identity);
-    lease.lease_duration = flags.seconds(
-        "lease-duration",
-        "PODNET_LEASE_DURATION",
-        Duration::from_secs(15),
-    )?;
-    lease.renew_deadline = flags.seconds(
-        "renew-deadline",
-        "PODNET_RENEW_DEADLINE",
-        Duration::from_secs(10),
-    )?;
-    lease.retry_period = flags.seconds(
-        "retry-period",
-        "PODNET_RETRY_PERIOD",
-        Duration::from_secs(2),
-    )?;
-    if lease.renew_deadline >= lease.lease_duration {
-        bail!("--renew-deadline must be shorter than --lease-duration");
-    }
-    Ok(Some(Args {
-        ops_addr: flags.parse_or(
-            "ops-addr",
-            "PODNET_OPS_ADDR",
-            SocketAddr::from(([0, 0, 0, 0], 9090)),
-        )?,
-        lease,
-        concurrency: flags.parse_or("concurrency", "PODNET_CONCURRENCY", 32)?,
-        quarantine: flags.seconds(
-            "cidr-quarantine",
-            "PODNET_CIDR_QUARANTINE",
-            Duration::from_secs(300),
-        )?,
-        set_node_pod_cidrs: flags.parse_or(
-            "set-node-pod-cidrs",
-            "PODNET_SET_NODE_POD_CIDRS",
-            false,
-        )?,
-        log_format: flags
-            .get_or("log-format", "PODNET_LOG_FORMAT", "text")
-            .parse()
-            .map_err(anyhow::Error::msg)?,
-        log_level: flags.get_or("log-level", "PODNET_LOG_LEVEL", "info"),
-    }))
+    /// Seconds a released node CIDR is held back from other nodes.
+    #[arg(long, env = "PODNET_CIDR_QUARANTINE", default_value = "300", value_parser = parse_seconds)]
+    cidr_quarantine: Duration,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Some(args) = parse_args()? else {
-        return Ok(());
-    };
-    init_logging(args.log_format, &args.log_level);
+    let args = Cli::parse();
+    if args.renew_deadline >= args.lease_duration {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                "--renew-deadline must be shorter than --lease-duration",
+            )
+            .exit();
+    }
+    init_logging(args.log.format, &args.log.level);
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let mut lease = LeaseConfig::new(args.lease_namespace.clone(), identity);
+    lease.lease_duration = args.lease_duration;
+    lease.renew_deadline = args.renew_deadline;
+    lease.retry_period = args.retry_period;
     let clients = ApiClients::infer()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -116,13 +89,13 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("binding {}", args.ops_addr))?;
-    info!(addr = %bound, identity = %args.lease.identity, "podnet-operator starting");
+    info!(addr = %bound, identity = %lease.identity, "podnet-operator starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let leadership = Leadership::default();
     let election = tokio::spawn(leader::run(
         clients.request.clone(),
-        args.lease.clone(),
+        lease.clone(),
         leadership.clone(),
         stop_rx.clone(),
     ));
@@ -131,11 +104,11 @@ async fn main() -> anyhow::Result<()> {
         leadership,
         metrics,
         health,
-        &args.lease.identity,
+        &lease.identity,
         ControllerConfig {
             concurrency: args.concurrency.max(1),
             set_node_pod_cidrs: args.set_node_pod_cidrs,
-            quarantine: args.quarantine,
+            quarantine: args.cidr_quarantine,
             ..Default::default()
         },
     );

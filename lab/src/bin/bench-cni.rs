@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
 struct Opts {
     pods: usize,
@@ -26,27 +26,39 @@ struct Opts {
     ref_dir: PathBuf,
 }
 
+/// Times podnet-cni ADD and DEL against the reference bridge + host-local plugins and
+/// the kernel's own floor, sequentially and concurrently.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Cli {
+    /// Pods per round.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// ADDs in flight at once in the concurrent round.
+    #[arg(long, default_value_t = 32)]
+    concurrent: usize,
+    /// The podnet-cni binary to measure (the static build nodes install).
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/podnet-cni"
+    )]
+    plugin: PathBuf,
+    /// The reference plugins (Debian's containernetworking-plugins).
+    #[arg(long, default_value = "/usr/lib/cni")]
+    ref_dir: PathBuf,
+    /// Internal: run inside the benchmark's node namespace.
+    #[arg(long, hide = true)]
+    inner: bool,
+}
+
 fn opts() -> anyhow::Result<Opts> {
+    let cli: Cli = clap::Parser::parse();
     let mut o = Opts {
-        pods: 100,
-        concurrent: 32,
-        plugin: PathBuf::from("target/x86_64-unknown-linux-gnu/release/podnet-cni"),
-        ref_dir: PathBuf::from("/usr/lib/cni"),
+        pods: cli.pods,
+        concurrent: cli.concurrent,
+        plugin: cli.plugin,
+        ref_dir: cli.ref_dir,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--inner" {
-            continue;
-        }
-        let v = it.next().with_context(|| format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--pods" => o.pods = v.parse()?,
-            "--concurrent" => o.concurrent = v.parse()?,
-            "--plugin" => o.plugin = v.into(),
-            "--ref-dir" => o.ref_dir = v.into(),
-            _ => bail!("unknown flag {a}"),
-        }
-    }
     ensure!(
         o.plugin.is_file(),
         "{} not found: run scripts/build-cni.sh",

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::ensure;
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::{Api, Patch, PatchParams};
 use podnet_crds::{NodeRoute, PodNetwork};
@@ -94,21 +94,29 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     (cpu, hwm)
 }
 
+/// Times podnet-daemon's first sync of N peers' routes against `ip -batch` adding the
+/// same routes, and measures its idle check and memory.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Cli {
+    /// Peers (NodeRoutes), each one route.
+    #[arg(long, default_value_t = 5000)]
+    peers: usize,
+    /// Runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The daemon binary to measure.
+    #[arg(long, default_value = "target/release/podnet-daemon")]
+    daemon: PathBuf,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut peers = 5000usize;
-    let mut runs = 3usize;
-    let mut daemon = PathBuf::from("target/release/podnet-daemon");
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let v = it.next().context("flag needs a value")?;
-        match a.as_str() {
-            "--peers" => peers = v.parse()?,
-            "--runs" => runs = v.parse()?,
-            "--daemon" => daemon = v.into(),
-            _ => bail!("unknown flag {a}"),
-        }
-    }
+    let Cli {
+        peers,
+        runs,
+        daemon,
+    } = clap::Parser::parse();
     ensure!(
         daemon.is_file(),
         "{} missing: cargo build --release -p podnet-daemon",
@@ -139,7 +147,9 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let nr = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute","metadata":{"name":name},"spec":{"nodeName":name,"podNetwork":"default"}});
                 api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(nr)).await?;
-                let st = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute","metadata":{"name":name},"status":{"nodeIPs":[ip],"podCIDRs":[cidr]}});
+                // As the operator writes it: Allocated=True vouches for the CIDRs.
+                let st = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute","metadata":{"name":name},"status":{"nodeIPs":[ip],"podCIDRs":[cidr],
+                    "conditions":[{"type":"Allocated","status":"True","reason":"Allocated","message":"bench","lastTransitionTime":"2026-01-01T00:00:00Z"}]}});
                 api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(st)).await?;
                 anyhow::Ok(())
             }
@@ -185,6 +195,11 @@ async fn main() -> anyhow::Result<()> {
             .arg(ns.path())
             .arg("--cni-conf-dir")
             .arg(&conf_dir)
+            // Nothing on the host's own paths.
+            .arg("--state-dir")
+            .arg(conf_dir.join("state"))
+            .arg("--ipam-dir")
+            .arg(conf_dir.join("ipam"))
             .env("KUBECONFIG", cp.kubeconfig())
             .stdin(Stdio::null())
             .spawn()?;

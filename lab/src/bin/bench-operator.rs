@@ -37,28 +37,34 @@ struct Opts {
 }
 
 fn opts() -> anyhow::Result<Opts> {
-    let mut o = Opts {
-        nodes: 5000,
-        runs: 3,
-        operator: PathBuf::from("target/release/podnet-operator"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let v = it.next().with_context(|| format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--nodes" => o.nodes = v.parse()?,
-            "--runs" => o.runs = v.parse()?,
-            "--operator" => o.operator = v.into(),
-            _ => bail!("unknown flag {a}"),
-        }
-    }
-    if !o.operator.is_file() {
+    let cli: Cli = clap::Parser::parse();
+    if !cli.operator.is_file() {
         bail!(
             "{} not found: cargo build --release -p podnet-operator",
-            o.operator.display()
+            cli.operator.display()
         );
     }
-    Ok(o)
+    Ok(Opts {
+        nodes: cli.nodes,
+        runs: cli.runs,
+        operator: cli.operator,
+    })
+}
+
+/// Times podnet-operator allocating N nodes against a plain client writing the same
+/// NodeRoutes (the floor), and measures its memory.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Cli {
+    /// Nodes to allocate.
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The operator binary to measure.
+    #[arg(long, default_value = "target/release/podnet-operator")]
+    operator: PathBuf,
 }
 
 async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {

@@ -1,28 +1,76 @@
-//! `podnet-lab`: bring up, inspect and tear down a local multi-node podnet.
+//! `podnet-lab`: bring up, inspect and tear down a local podnet cluster.
 //!
-//! ```text
-//! podnet-lab up [--nodes 3]  control plane + podnet-operator + one podnet-daemon per node
-//!                            + two pods per node; prints `kubectl get pn,nr` and the
-//!                            connectivity matrix, then leaves the lab running
-//! podnet-lab status          the same report again
-//! podnet-lab down            stop every process, remove every namespace and file
-//! ```
+//! By default the nodes are real Kubernetes nodes (containerd, kubelet and kube-proxy
+//! each), podnet is installed with its Helm chart and runs as pods; `--netns` brings up
+//! the lighter lab of network namespaces whose daemons run on the host (the fault
+//! suite's).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use podnet_lab::Tools;
 use podnet_lab::cluster::{self, DEFAULT_STATE_DIR, LabState};
+use podnet_lab::kube_node::ProxyMode;
+use podnet_lab::real::{self, RealLab, RealOptions};
 
-fn state_dir() -> PathBuf {
-    std::env::var_os("PODNET_LAB_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+/// A local podnet cluster on this machine, in network namespaces: nothing leaves it.
+#[derive(Parser)]
+#[command(name = "podnet-lab", version)]
+struct Cli {
+    /// Where the lab keeps its state, logs and files.
+    #[arg(long, env = "PODNET_LAB_STATE", default_value = DEFAULT_STATE_DIR, global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
 }
 
-async fn report(state: &LabState) -> anyhow::Result<bool> {
+#[derive(Subcommand)]
+enum Cmd {
+    /// Brings a lab up, prints its state and the connectivity matrix, and leaves it
+    /// running.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The network-namespace lab (daemons on the host, no kubelet) instead of real
+        /// nodes.
+        #[arg(long)]
+        netns: bool,
+        /// kube-proxy modes, given to the nodes in turn (real nodes only).
+        #[arg(long, value_delimiter = ',', default_value = "nftables")]
+        proxy_modes: Vec<String>,
+        /// podnet's and the lab's images (OCI archives); scripts/lab builds them.
+        #[arg(long, env = "PODNET_LAB_IMAGES", default_value = "target/images")]
+        images: PathBuf,
+    },
+    /// Prints the report of the running lab again.
+    Status,
+    /// Stops every process and removes every namespace, link, cgroup, mount and file
+    /// the lab created.
+    Down,
+}
+
+fn progress(what: &str, took: Duration) {
+    eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
+}
+
+/// Which lab the state directory holds.
+enum Running {
+    Netns(LabState),
+    Real(RealLab),
+}
+
+fn running(dir: &Path) -> Option<Running> {
+    if let Ok(lab) = real::load(dir) {
+        return Some(Running::Real(lab));
+    }
+    cluster::load(dir).ok().map(Running::Netns)
+}
+
+async fn report_netns(state: &LabState) -> anyhow::Result<bool> {
     let tools = Tools::locate()?;
     let out = std::process::Command::new(&tools.kubectl)
         .arg("--kubeconfig")
@@ -41,11 +89,13 @@ async fn report(state: &LabState) -> anyhow::Result<bool> {
         ms(samples[samples.len() / 2]),
         ms(samples[(samples.len() * 99).div_ceil(100) - 1])
     );
+    print_exports(&state.control_plane.kubeconfig, &tools);
+    Ok(ok == total)
+}
+
+fn print_exports(kubeconfig: &Path, tools: &Tools) {
     println!();
-    println!(
-        "  export KUBECONFIG={}",
-        state.control_plane.kubeconfig.display()
-    );
+    println!("  export KUBECONFIG={}", kubeconfig.display());
     println!(
         "  export PATH={}:$PATH",
         tools
@@ -54,83 +104,141 @@ async fn report(state: &LabState) -> anyhow::Result<bool> {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
-    println!("  kubectl get pn,nr -o wide");
+}
+
+fn report_real(lab: &RealLab) -> anyhow::Result<bool> {
+    let tools = Tools::locate()?;
+    for args in [
+        &["get", "nodes", "-o", "wide"][..],
+        &["get", "pods", "-A", "-o", "wide"][..],
+        &["get", "pn,nr", "-o", "wide"][..],
+    ] {
+        println!("$ kubectl {}", args.join(" "));
+        let out = std::process::Command::new(&tools.kubectl)
+            .arg("--kubeconfig")
+            .arg(&lab.control_plane.kubeconfig)
+            .args(args)
+            .output()?;
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let (table, ok, total, problems) = real::matrix(lab)?;
     println!(
-        "  ip netns exec {} ping {}",
-        state.pods[0].netns,
-        state
-            .pods
-            .last()
-            .map(|p| p.ips[0].clone())
-            .unwrap_or_default()
+        "connectivity, from inside the pods (kubectl exec; the receiver's view of the source):"
     );
+    println!("{table}");
+    for p in &problems {
+        println!("  {p}");
+    }
+    println!("{ok}/{total} paths reachable with the right source address");
+    print_exports(&lab.control_plane.kubeconfig, &tools);
     Ok(ok == total)
 }
 
-async fn up(nodes: usize) -> anyhow::Result<bool> {
-    let dir = state_dir();
-    if dir.join("state.json").exists() {
+async fn up(
+    dir: &Path,
+    nodes: usize,
+    netns: bool,
+    proxy_modes: &[String],
+    images: &Path,
+) -> anyhow::Result<bool> {
+    if running(dir).is_some() {
         bail!(
             "a lab is already running (state in {}); `podnet-lab down` first",
             dir.display()
         );
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(PathBuf::from)
-        .context("binary directory")?;
-    let mut progress =
-        |what: &str, took: Duration| eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
-    let state = match cluster::up("pnlab", nodes, &bin_dir, &dir, &mut progress).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!(
-                "logs are in {}; `podnet-lab down` removes what was created",
-                dir.display()
-            );
-            return Ok(false);
+    if netns {
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .context("binary directory")?;
+        let mut progress = progress;
+        return match cluster::up("pnlab", nodes, &bin_dir, dir, &mut progress).await {
+            Ok(state) => report_netns(&state).await,
+            Err(e) => {
+                eprintln!(
+                    "error: {e}\nlogs are in {}; `podnet-lab down` removes what was created",
+                    dir.display()
+                );
+                Ok(false)
+            }
+        };
+    }
+    let modes = proxy_modes
+        .iter()
+        .map(|m| match m.as_str() {
+            "nftables" => Ok(ProxyMode::Nftables),
+            "iptables" => Ok(ProxyMode::Iptables),
+            other => bail!("--proxy-modes: {other:?} is neither nftables nor iptables"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let archive = |name: &str| {
+        let p = images.join(name);
+        if p.is_file() {
+            Ok(std::fs::canonicalize(&p)?)
+        } else {
+            bail!(
+                "{} missing: scripts/lab builds the images (scripts/build-images.sh, scripts/build-lab-images.sh)",
+                p.display()
+            )
         }
     };
-    report(&state).await
+    let opts = RealOptions {
+        nodes,
+        proxy_modes: modes,
+        images: vec![
+            archive("podnet-operator.tar")?,
+            archive("podnet-daemon.tar")?,
+            archive("lab-pause.tar")?,
+            archive("lab-busybox.tar")?,
+        ],
+        podnet_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut progress = progress;
+    match real::up("pnk", &opts, dir, &mut progress).await {
+        Ok(lab) => report_real(&lab),
+        Err(e) => {
+            eprintln!(
+                "error: {e}\nlogs are in {}; `podnet-lab down` removes what was created",
+                dir.display()
+            );
+            Ok(false)
+        }
+    }
 }
 
-async fn run() -> anyhow::Result<bool> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("up") => {
-            let nodes = match args.iter().position(|a| a == "--nodes") {
-                Some(i) => args.get(i + 1).context("--nodes needs a number")?.parse()?,
-                None => 3,
-            };
-            up(nodes).await
-        }
-        Some("status") => {
-            let state = cluster::load(&state_dir())
-                .context("no lab is running (podnet-lab up starts one)")?;
-            report(&state).await
-        }
-        Some("down") => {
-            match cluster::load(&state_dir()) {
-                Ok(state) => {
-                    cluster::down(&state);
-                    println!("lab removed");
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Cmd::Up {
+            nodes,
+            netns,
+            proxy_modes,
+            images,
+        } => up(&cli.state_dir, nodes, netns, &proxy_modes, &images).await,
+        Cmd::Status => match running(&cli.state_dir) {
+            Some(Running::Real(lab)) => report_real(&lab),
+            Some(Running::Netns(state)) => report_netns(&state).await,
+            None => bail!("no lab is running (podnet-lab up starts one)"),
+        },
+        Cmd::Down => {
+            match running(&cli.state_dir) {
+                Some(Running::Real(lab)) => real::down(&lab),
+                Some(Running::Netns(state)) => cluster::down(&state),
+                None => {
+                    println!("no lab is running");
+                    return Ok(true);
                 }
-                Err(_) => println!("no lab is running"),
             }
+            println!("lab removed");
             Ok(true)
         }
-        Some("--version") => {
-            println!("podnet-lab {}", env!("CARGO_PKG_VERSION"));
-            Ok(true)
-        }
-        _ => bail!("usage: podnet-lab up [--nodes N] | status | down"),
     }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

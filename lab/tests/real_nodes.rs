@@ -1,0 +1,966 @@
+//! podnet the way it is used: on one real-node lab (kubelet, containerd and kube-proxy per
+//! node; podnet installed with `helm install` and running as pods; workloads created
+//! through the API), in order:
+//!
+//! 1. pods get addresses from their node's CIDRs and reach every pod, hostNetwork pod,
+//!    the Service and the external host — with the right source address;
+//! 2. Services (kube-proxy in nftables mode on some nodes, iptables on others) work from
+//!    pods and from the nodes themselves;
+//! 3. `nonMasqueradeCIDRs` edited with kubectl takes effect live;
+//! 4. the daemon runs with exactly the chart's security context, unprivileged, and still
+//!    programs routes and masquerade;
+//! 5. a node joining later is `Ready` only once podnet wrote its CNI config;
+//! 6. 100 pods created and deleted leave no lease, veth or attachment behind;
+//! 7. a rolling update of the daemon loses at most a few packets;
+//! 8. `helm uninstall` and the documented cleanup leave nothing of podnet on the nodes.
+//!
+//! Then the lab is torn down and checked gone. Needs root, the tools of
+//! scripts/build-tools.sh and the images of scripts/build-images.sh and
+//! scripts/build-lab-images.sh (the test command builds all of them).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use libtest_mimic::{Arguments, Failed, Trial};
+use podnet_lab::kube_node::{self, ProxyMode, node_exec};
+use podnet_lab::real::{self, ECHO_PORT, RealLab, RealOptions, fetch_from, kubectl};
+use podnet_lab::run_ok;
+
+struct Suite {
+    rt: tokio::runtime::Runtime,
+    lab: Mutex<Option<RealLab>>,
+}
+
+type Test = fn(&Suite, &mut RealLab) -> anyhow::Result<String>;
+
+fn main() -> std::process::ExitCode {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests: Vec<(&'static str, Test)> = vec![
+        (
+            "pods_get_their_nodes_cidrs_and_reach_everything",
+            pods_reach_everything,
+        ),
+        (
+            "services_work_from_pods_and_nodes_in_both_proxy_modes",
+            services,
+        ),
+        ("non_masquerade_cidrs_take_effect_live", non_masquerade_live),
+        (
+            "daemon_runs_unprivileged_with_the_charts_security_context",
+            daemon_security,
+        ),
+        (
+            "a_joining_node_is_ready_only_after_its_cni_config",
+            node_join,
+        ),
+        ("pod_churn_releases_every_address", pod_churn),
+        ("rolling_daemon_update_keeps_pods_connected", rolling_update),
+        (
+            "uninstall_and_cleanup_leave_nothing_on_the_nodes",
+            uninstall,
+        ),
+    ];
+    if args.list {
+        let trials = tests
+            .iter()
+            .map(|(n, _)| Trial::test(*n, || Ok(())))
+            .collect();
+        return libtest_mimic::run(&args, trials).exit_code();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("tokio runtime: {e}"),
+    };
+    let suite = Arc::new(Suite {
+        rt,
+        lab: Mutex::new(None),
+    });
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let suite = Arc::clone(&suite);
+            Trial::test(name, move || run_test(&suite, name, f))
+        })
+        .collect();
+    let mut conclusion = libtest_mimic::run(&args, trials);
+    if let Some(lab) = suite.lab.lock().ok().and_then(|mut l| l.take()) {
+        let tag = lab.tag.clone();
+        real::down(&lab);
+        if let Err(e) = check_gone(&tag, &lab) {
+            eprintln!("the lab left something behind: {e:#}");
+            conclusion.num_failed += 1;
+        }
+    }
+    conclusion.exit_code()
+}
+
+fn run_test(suite: &Suite, name: &str, f: Test) -> Result<(), Failed> {
+    podnet_lab::testing::require_root("the real-node tests")
+        .map_err(|e| Failed::from(e.to_string()))?;
+    let mut guard = suite
+        .lab
+        .lock()
+        .map_err(|_| Failed::from("lab lock poisoned"))?;
+    if guard.is_none() {
+        *guard = Some(bring_up(suite).map_err(|e| Failed::from(format!("{e:#}")))?);
+    }
+    let lab = guard.as_mut().ok_or_else(|| Failed::from("no lab"))?;
+    let started = Instant::now();
+    let outcome = f(suite, lab);
+    let took = started.elapsed().as_secs_f64();
+    match &outcome {
+        Ok(detail) => eprintln!("| {name} | {detail} | pass ({took:.0} s) |"),
+        Err(e) => {
+            eprintln!(
+                "| {name} | {} | **FAIL** ({took:.0} s) |",
+                format!("{e:#}").replace('\n', " ")
+            );
+            eprintln!("{}", log_tails(lab));
+        }
+    }
+    outcome
+        .map(drop)
+        .map_err(|e| Failed::from(format!("{e:#}")))
+}
+
+fn log_tails(lab: &RealLab) -> String {
+    let mut out = String::new();
+    for n in &lab.nodes {
+        for log in ["kubelet.log", "containerd.log"] {
+            out.push_str(&format!(
+                "---- {} {log}\n{}\n",
+                n.name,
+                tail(&n.dir.join(log), 15)
+            ));
+        }
+    }
+    if let Ok(pods) = kubectl(
+        lab,
+        &[
+            "logs",
+            "-n",
+            "podnet-system",
+            "-l",
+            "app.kubernetes.io/component=daemon",
+            "--tail=20",
+            "--prefix",
+        ],
+        "",
+    ) {
+        out.push_str(&format!("---- podnet daemons\n{pods}\n"));
+    }
+    out
+}
+
+fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn images_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images")
+}
+
+fn bring_up(suite: &Suite) -> anyhow::Result<RealLab> {
+    let dir = images_dir();
+    let mut images = Vec::new();
+    for name in [
+        "podnet-operator.tar",
+        "podnet-daemon.tar",
+        "lab-pause.tar",
+        "lab-busybox.tar",
+    ] {
+        let p = dir.join(name);
+        ensure!(
+            p.is_file(),
+            "{} missing: run scripts/build-images.sh and scripts/build-lab-images.sh (the test command does)",
+            p.display()
+        );
+        images.push(std::fs::canonicalize(p)?);
+    }
+    let tag = format!("pnr{}", std::process::id());
+    let state = PathBuf::from(format!("/run/{tag}"));
+    let opts = RealOptions {
+        nodes: 3,
+        proxy_modes: vec![ProxyMode::Nftables, ProxyMode::Iptables],
+        images,
+        podnet_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut progress =
+        |what: &str, took: Duration| eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
+    match suite
+        .rt
+        .block_on(real::up(&tag, &opts, &state, &mut progress))
+    {
+        Ok(lab) => Ok(lab),
+        Err(e) => {
+            if let Ok(lab) = real::load(&state) {
+                eprintln!("{}", log_tails(&lab));
+                real::down(&lab);
+            }
+            bail!("real-node lab up: {e}")
+        }
+    }
+}
+
+/// Nothing of the lab is left: namespaces, the host link, cgroups, processes, files.
+fn check_gone(tag: &str, lab: &RealLab) -> anyhow::Result<()> {
+    let netns = run_ok(&["ip", "netns", "list"])?;
+    ensure!(!netns.contains(tag), "namespaces left: {netns}");
+    ensure!(
+        run_ok(&["ip", "link", "show", &lab.host_link]).is_err(),
+        "{} left",
+        lab.host_link
+    );
+    for n in &lab.nodes {
+        ensure!(
+            kube_node::cgroup_pids(&n.cgroup).is_empty(),
+            "processes left in {}",
+            n.cgroup
+        );
+        for h in kube_node::cgroup_hierarchies() {
+            ensure!(
+                !h.join(&n.cgroup).exists(),
+                "cgroup {} left",
+                h.join(&n.cgroup).display()
+            );
+        }
+    }
+    ensure!(!lab.dir.exists(), "{} left", lab.dir.display());
+    ensure!(
+        !lab.control_plane.dir.exists(),
+        "{} left",
+        lab.control_plane.dir.display()
+    );
+    Ok(())
+}
+
+fn json(lab: &RealLab, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&kubectl(lab, args, "")?)?)
+}
+
+fn wait(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = probe();
+        if matches!(last, Ok(true)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---- 1 ----
+
+fn pods_reach_everything(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let nrs = json(lab, &["get", "nr", "-o", "json"])?;
+    let cidrs_of = |node: &str| -> Vec<ipnet::IpNet> {
+        nrs["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|nr| nr["metadata"]["name"] == node)
+            .and_then(|nr| nr["status"]["podCIDRs"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.as_str()?.parse().ok())
+            .collect()
+    };
+    let pods = real::pods(lab)?;
+    let mut checked = 0;
+    for p in pods.iter().filter(|p| !p.host_network) {
+        let cidrs = cidrs_of(&p.node);
+        ensure!(
+            p.ips.len() == 2,
+            "{} has {:?}: one address per family wanted",
+            p.name,
+            p.ips
+        );
+        for ip in &p.ips {
+            let ip: std::net::IpAddr = ip.parse()?;
+            ensure!(
+                cidrs.iter().any(|c| c.contains(&ip)),
+                "{}'s {ip} is outside {}'s CIDRs {cidrs:?}",
+                p.name,
+                p.node
+            );
+            checked += 1;
+        }
+    }
+    let (table, ok, total, problems) = real::matrix(lab)?;
+    ensure!(
+        ok == total,
+        "{} of {total} paths failed:\n{table}\n{}",
+        total - ok,
+        problems.join("\n")
+    );
+    Ok(format!(
+        "{checked} pod addresses inside their node's CIDRs (both families); {ok}/{total} paths (pod, hostNetwork pod, Service, external host; IPv4 and IPv6) with the source address the receiver must see"
+    ))
+}
+
+// ---- 2 ----
+
+fn services(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let svc = kubectl(
+        lab,
+        &[
+            "get",
+            "svc",
+            "-n",
+            "lab",
+            "echo",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        "",
+    )?;
+    ensure!(!svc.is_empty(), "the echo Service has no ClusterIP");
+    let mut modes = Vec::new();
+    for n in &lab.nodes {
+        // kube-proxy's own rules, in the mode it was given.
+        match n.proxy_mode {
+            ProxyMode::Nftables => {
+                let t = node_exec(n.anchor_pid, &["nft", "list", "tables"])?;
+                ensure!(
+                    t.contains("kube-proxy"),
+                    "{}: no kube-proxy nftables table: {t}",
+                    n.name
+                );
+            }
+            ProxyMode::Iptables => {
+                let t = node_exec(n.anchor_pid, &["iptables-save", "-t", "nat"])?;
+                ensure!(
+                    t.contains("KUBE-SERVICES"),
+                    "{}: no KUBE-SERVICES chain",
+                    n.name
+                );
+            }
+        }
+        modes.push(format!("{} {:?}", n.name, n.proxy_mode));
+        // From the node itself (host network), several times: every endpoint answers.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let out = node_exec(
+                n.anchor_pid,
+                &["curl", "-s", "-m", "3", &format!("http://{svc}/cgi-bin/ip")],
+            )
+            .with_context(|| format!("{}: curl to the Service {svc}", n.name))?;
+            seen.insert(out.trim().to_string());
+        }
+        ensure!(!seen.is_empty(), "{}: no answer from the Service", n.name);
+    }
+    // From pods on every node (the matrix checked one each; here every pod).
+    let pods = real::pods(lab)?;
+    let mut from_pods = 0;
+    for p in pods.iter().filter(|p| p.name.contains("-pod")) {
+        ensure!(
+            fetch_from(lab, &p.name, &svc, 80).is_some(),
+            "{} cannot reach the Service {svc}",
+            p.name
+        );
+        from_pods += 1;
+    }
+    Ok(format!(
+        "Service {svc} answered from every node ({}) and from {from_pods} pods",
+        modes.join(", ")
+    ))
+}
+
+// ---- 3 ----
+
+fn non_masquerade_live(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let pod = real::pods(lab)?
+        .into_iter()
+        .find(|p| p.name == "node-1-pod1")
+        .context("node-1-pod1")?;
+    let node_ip = lab.nodes[0].ips[0].clone();
+    let ext = lab.external_ips[0].clone();
+    ensure!(
+        fetch_from(lab, &pod.name, &ext, ECHO_PORT).as_deref() == Some(node_ip.as_str()),
+        "before the edit the external host does not see the node's address"
+    );
+    let set = |cidrs: &[String]| {
+        kubectl(
+            lab,
+            &[
+                "patch",
+                "pn",
+                "default",
+                "--type=merge",
+                "-p",
+                &serde_json::json!({"spec": {"masquerade": {"nonMasqueradeCIDRs": cidrs}}})
+                    .to_string(),
+            ],
+            "",
+        )
+    };
+    // A destination that keeps the pod's address must route back to pods: the external
+    // host learns node-1's pod CIDR (via node-1), as a peered network would.
+    let ext_ns = format!("{}-ext", lab.tag);
+    let v4_cidr = kubectl(
+        lab,
+        &[
+            "get",
+            "nr",
+            "node-1",
+            "-o",
+            "jsonpath={.status.podCIDRs[0]}",
+        ],
+        "",
+    )?;
+    run_ok(&[
+        "ip", "-n", &ext_ns, "route", "add", &v4_cidr, "via", &node_ip,
+    ])?;
+    let t = Instant::now();
+    set(&[format!("{ext}/32"), format!("{}/128", lab.external_ips[1])])?;
+    let pod_ip = pod.ips[0].clone();
+    let applied = wait(
+        "the external host to see the pod's own address",
+        Duration::from_secs(20),
+        || Ok(fetch_from(lab, &pod.name, &ext, ECHO_PORT).as_deref() == Some(pod_ip.as_str())),
+    );
+    let took = t.elapsed();
+    set(&[])?;
+    let _ = run_ok(&["ip", "-n", &ext_ns, "route", "del", &v4_cidr]);
+    applied?;
+    wait(
+        "masquerade back after the revert",
+        Duration::from_secs(20),
+        || Ok(fetch_from(lab, &pod.name, &ext, ECHO_PORT).as_deref() == Some(node_ip.as_str())),
+    )?;
+    Ok(format!(
+        "nonMasqueradeCIDRs edited with kubectl: the external host saw the pod's {pod_ip} within {:.1} s, the node's {node_ip} again after the revert",
+        took.as_secs_f64()
+    ))
+}
+
+// ---- 4 ----
+
+fn daemon_security(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let ds = json(
+        lab,
+        &[
+            "get",
+            "ds",
+            "-n",
+            "podnet-system",
+            "podnet-daemon",
+            "-o",
+            "json",
+        ],
+    )?;
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let sc = &c["securityContext"];
+    ensure!(sc["privileged"] == false, "privileged: {sc}");
+    ensure!(
+        sc["allowPrivilegeEscalation"] == false,
+        "allowPrivilegeEscalation: {sc}"
+    );
+    ensure!(
+        sc["readOnlyRootFilesystem"] == true,
+        "readOnlyRootFilesystem: {sc}"
+    );
+    ensure!(
+        sc["capabilities"]["drop"] == serde_json::json!(["ALL"]),
+        "drop: {sc}"
+    );
+    ensure!(
+        sc["capabilities"]["add"] == serde_json::json!(["NET_ADMIN", "NET_RAW"]),
+        "add: {sc}"
+    );
+    // The running pods carry it as the chart wrote it, and their nodes are programmed.
+    let pods = json(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "podnet-system",
+            "-l",
+            "app.kubernetes.io/component=daemon",
+            "-o",
+            "json",
+        ],
+    )?;
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        items.len() == lab.nodes.len(),
+        "{} daemon pods for {} nodes",
+        items.len(),
+        lab.nodes.len()
+    );
+    for p in &items {
+        ensure!(
+            p["spec"]["containers"][0]["securityContext"] == *sc,
+            "a daemon pod's security context differs"
+        );
+        ensure!(
+            p["status"]["phase"] == "Running",
+            "{} is {}",
+            p["metadata"]["name"],
+            p["status"]["phase"]
+        );
+    }
+    let peers = lab.nodes.len() - 1;
+    for n in &lab.nodes {
+        let routes = node_exec(n.anchor_pid, &["ip", "-4", "route", "show", "proto", "233"])?;
+        ensure!(
+            routes.lines().count() == peers,
+            "{}: {} podnet routes for {peers} peers:\n{routes}",
+            n.name,
+            routes.lines().count()
+        );
+        let nat = node_exec(n.anchor_pid, &["iptables-save", "-t", "nat"])?;
+        ensure!(
+            nat.contains("-j PODNET-MASQ") && nat.contains("MASQUERADE"),
+            "{}: no masquerade rules",
+            n.name
+        );
+    }
+    Ok(format!(
+        "daemon container: privileged false, no privilege escalation, read-only root, capabilities [NET_ADMIN, NET_RAW] only; {} daemon pods running so; every node has its {peers} podnet routes per family and its masquerade rules",
+        items.len()
+    ))
+}
+
+// ---- 5 ----
+
+fn node_join(suite: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let i = lab.nodes.len() + 1;
+    let name = format!("node-{i}");
+    let t0 = Instant::now();
+    let node = real::add_node(lab, i, ProxyMode::Nftables)?;
+    let conflist = node
+        .dir
+        .join("etc-cni/net.d")
+        .join(podnet_contract::CONFLIST_FILE);
+    let (mut registered, mut allocated, mut config, mut ready) = (None, None, None, None);
+    let mut not_ready_before_config = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "{name} not Ready after 120 s (registered {registered:?}, allocated {allocated:?}, config {config:?})"
+        );
+        let node_obj = kubectl(lab, &["get", "node", &name, "-o", "json"], "").ok();
+        if let Some(text) = node_obj {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            registered.get_or_insert(t0.elapsed());
+            let is_ready = v["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if is_ready {
+                ensure!(
+                    conflist.exists(),
+                    "{name} went Ready before podnet wrote {}",
+                    conflist.display()
+                );
+                ready = Some(t0.elapsed());
+            } else if !conflist.exists() {
+                not_ready_before_config = true;
+            }
+        }
+        if allocated.is_none()
+            && kubectl(
+                lab,
+                &["get", "nr", &name, "-o", "jsonpath={.status.podCIDRs}"],
+                "",
+            )
+            .is_ok_and(|c| c.contains('/'))
+        {
+            allocated = Some(t0.elapsed());
+        }
+        if config.is_none() && conflist.exists() {
+            config = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        not_ready_before_config,
+        "{name} was never seen NotReady without its CNI config"
+    );
+    suite
+        .rt
+        .block_on(real::wait_nodes_ready(lab, Duration::from_secs(60)))?;
+    let s = |d: Option<Duration>| {
+        d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into())
+    };
+    Ok(format!(
+        "{name} (kubelet started at 0): registered {}, CIDR allocated {}, CNI config written {}, Ready {}; NotReady until the config existed",
+        s(registered),
+        s(allocated),
+        s(config),
+        s(ready)
+    ))
+}
+
+// ---- 6 ----
+
+fn node_state(lab: &RealLab, n: &kube_node::KubeNode) -> anyhow::Result<(usize, usize, usize)> {
+    let dir = "/run/podnet/ipam/podnet";
+    let listing = node_exec(n.anchor_pid, &["ls", "-1", dir]).unwrap_or_default();
+    let leases = listing
+        .lines()
+        .filter(|l| l.parse::<std::net::IpAddr>().is_ok())
+        .count();
+    let attachments = node_exec(n.anchor_pid, &["ls", "-1", &format!("{dir}/attachments")])
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let veths = node_exec(n.anchor_pid, &["ip", "-br", "link", "show", "type", "veth"])?
+        .lines()
+        .filter(|l| l.starts_with(podnet_contract::VETH_PREFIX))
+        .count();
+    let _ = lab;
+    Ok((leases, attachments, veths))
+}
+
+fn pods_on(lab: &RealLab, node: &str) -> anyhow::Result<usize> {
+    let v = json(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "json",
+        ],
+    )?;
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .count())
+}
+
+fn pod_churn(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let before: Vec<(usize, usize, usize)> = lab
+        .nodes
+        .iter()
+        .map(|n| node_state(lab, n))
+        .collect::<anyhow::Result<_>>()?;
+    let doc = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: churn
+  namespace: lab
+spec:
+  replicas: 100
+  selector:
+    matchLabels: {app: churn}
+  template:
+    metadata:
+      labels: {app: churn}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: sleep
+        image: localhost/podnet-lab/busybox:1
+        imagePullPolicy: Never
+        command: ["/bin/busybox", "sleep", "3600"]
+"#;
+    let t = Instant::now();
+    kubectl(lab, &["apply", "-f", "-"], doc)?;
+    wait("100 churn pods running", Duration::from_secs(300), || {
+        let out = kubectl(
+            lab,
+            &[
+                "get",
+                "deploy",
+                "-n",
+                "lab",
+                "churn",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+            "",
+        )?;
+        Ok(out.trim() == "100")
+    })?;
+    let up = t.elapsed();
+    let during: usize = lab
+        .nodes
+        .iter()
+        .map(|n| node_state(lab, n).map(|s| s.1))
+        .sum::<anyhow::Result<usize>>()?;
+    kubectl(
+        lab,
+        &[
+            "delete",
+            "deploy",
+            "-n",
+            "lab",
+            "churn",
+            "--wait=true",
+            "--timeout=300s",
+        ],
+        "",
+    )?;
+    wait("every churn pod gone", Duration::from_secs(300), || {
+        Ok(kubectl(
+            lab,
+            &["get", "pods", "-n", "lab", "-l", "app=churn", "-o", "name"],
+            "",
+        )?
+        .trim()
+        .is_empty())
+    })?;
+    // Every node: exactly one lease per family, one attachment and one veth per pod
+    // still there — nothing of the 100.
+    wait(
+        "leases, attachments and veths back to the pods that run",
+        Duration::from_secs(60),
+        || {
+            for (n, b) in lab.nodes.iter().zip(&before) {
+                let pods = pods_on(lab, &n.name)?;
+                let now = node_state(lab, n)?;
+                if now != (2 * pods, pods, pods) || now != *b {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(format!(
+        "100 pods running in {:.1} s ({during} attachments across the nodes at peak), deleted; every node back to exactly one lease per family, one attachment and one veth per running pod",
+        up.as_secs_f64()
+    ))
+}
+
+// ---- 7 ----
+
+fn rolling_update(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let version = env!("CARGO_PKG_VERSION");
+    for n in &lab.nodes {
+        let ctr = lab.tools_bin.join("ctr").display().to_string();
+        let _ = node_exec(
+            n.anchor_pid,
+            &[
+                &ctr,
+                "-n",
+                "k8s.io",
+                "images",
+                "rm",
+                "localhost/podnet-daemon:rollout",
+            ],
+        );
+        node_exec(
+            n.anchor_pid,
+            &[
+                &ctr,
+                "-n",
+                "k8s.io",
+                "images",
+                "tag",
+                &format!("localhost/podnet-daemon:{version}"),
+                "localhost/podnet-daemon:rollout",
+            ],
+        )?;
+    }
+    let pods = real::pods(lab)?;
+    let from = pods
+        .iter()
+        .find(|p| p.name == "node-1-pod1")
+        .context("node-1-pod1")?;
+    let to = pods
+        .iter()
+        .find(|p| p.name == "node-2-pod1")
+        .context("node-2-pod1")?;
+    // 0.2 s apart for 40 s, across the whole rollout.
+    let pinger = std::process::Command::new(podnet_lab::Tools::locate()?.kubectl)
+        .arg("--kubeconfig")
+        .arg(&lab.control_plane.kubeconfig)
+        .args([
+            "exec", "-n", "lab", &from.name, "--", "ping", "-i", "0.2", "-c", "200", "-W", "1",
+            &to.ips[0],
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    podnet_lab::chart::helm(
+        &lab.control_plane.kubeconfig,
+        &[
+            "upgrade",
+            podnet_lab::chart::RELEASE,
+            &podnet_lab::chart::chart_dir().display().to_string(),
+            "-n",
+            podnet_lab::chart::NAMESPACE,
+            "--reuse-values",
+            "--set-string",
+            "image.daemon.tag=rollout",
+        ],
+    )?;
+    kubectl(
+        lab,
+        &[
+            "rollout",
+            "status",
+            "ds/podnet-daemon",
+            "-n",
+            "podnet-system",
+            "--timeout=120s",
+        ],
+        "",
+    )?;
+    let rolled = t.elapsed();
+    let images = kubectl(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "podnet-system",
+            "-l",
+            "app.kubernetes.io/component=daemon",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+        "",
+    )?;
+    ensure!(
+        images.split_whitespace().all(|i| i.ends_with(":rollout")),
+        "not every daemon pod runs the new image: {images}"
+    );
+    let out = pinger.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .context("no ping summary")?
+        .to_string();
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (sent, received) = (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+    );
+    let lost = sent.saturating_sub(received);
+    ensure!(sent >= 150, "the pinger sent only {sent}: {text}");
+    ensure!(
+        lost <= 5,
+        "{lost} of {sent} pings lost across the rollout (at most 5 allowed): {line}"
+    );
+    Ok(format!(
+        "helm upgrade of the daemon image rolled {} daemon pods in {:.1} s; a pod pinging a pod on another node every 0.2 s meanwhile lost {lost} of {sent}",
+        lab.nodes.len(),
+        rolled.as_secs_f64()
+    ))
+}
+
+// ---- 8 ----
+
+fn uninstall(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    // Workloads first, while podnet-cni can still DEL them.
+    kubectl(
+        lab,
+        &[
+            "delete",
+            "namespace",
+            "lab",
+            "--wait=true",
+            "--timeout=180s",
+        ],
+        "",
+    )?;
+    podnet_lab::chart::helm(
+        &lab.control_plane.kubeconfig,
+        &[
+            "uninstall",
+            podnet_lab::chart::RELEASE,
+            "-n",
+            podnet_lab::chart::NAMESPACE,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )?;
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/cleanup-daemonset.yaml"),
+    )?
+    .replace(
+        "ghcr.io/podnet/podnet-daemon:0.1.0",
+        &format!("localhost/podnet-daemon:{}", env!("CARGO_PKG_VERSION")),
+    )
+    .replace("imagePullPolicy: IfNotPresent", "imagePullPolicy: Never");
+    kubectl(lab, &["apply", "-f", "-"], &manifest)?;
+    kubectl(
+        lab,
+        &[
+            "rollout",
+            "status",
+            "ds/podnet-cleanup",
+            "-n",
+            "kube-system",
+            "--timeout=120s",
+        ],
+        "",
+    )?;
+    kubectl(lab, &["delete", "-f", "-", "--wait=true"], &manifest)?;
+    let mut checked = Vec::new();
+    for n in &lab.nodes {
+        let a = n.anchor_pid;
+        let routes4 = node_exec(a, &["ip", "-4", "route", "show", "proto", "233"])?;
+        let routes6 = node_exec(a, &["ip", "-6", "route", "show", "proto", "233"])?;
+        ensure!(
+            routes4.trim().is_empty() && routes6.trim().is_empty(),
+            "{}: podnet routes left:\n{routes4}{routes6}",
+            n.name
+        );
+        for tool in ["iptables-save", "ip6tables-save"] {
+            let nat = node_exec(a, &[tool, "-t", "nat"])?;
+            ensure!(
+                !nat.contains("PODNET"),
+                "{}: {tool} still has podnet rules",
+                n.name
+            );
+        }
+        ensure!(
+            node_exec(a, &["ip", "link", "show", podnet_contract::DEFAULT_BRIDGE]).is_err(),
+            "{}: bridge left",
+            n.name
+        );
+        for path in [
+            format!("/etc/cni/net.d/{}", podnet_contract::CONFLIST_FILE),
+            format!("/opt/cni/bin/{}", podnet_contract::PLUGIN_TYPE),
+            "/var/lib/podnet/programmed.json".into(),
+            "/run/podnet/ipam".into(),
+        ] {
+            ensure!(
+                node_exec(a, &["test", "-e", &path]).is_err(),
+                "{}: {path} left",
+                n.name
+            );
+        }
+        checked.push(n.name.clone());
+    }
+    Ok(format!(
+        "after helm uninstall and examples/cleanup-daemonset.yaml, {}: no podnet route (either family), masquerade rule, bridge, CNI config or plugin, lease or saved state",
+        checked.join(", ")
+    ))
+}
