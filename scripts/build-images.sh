@@ -37,7 +37,8 @@ cni=$(scripts/build-cni.sh)
 # The base: Debian packages, unpacked. apt-get download fetches exactly the versions the
 # machine's package lists name, so the base follows Debian's security updates.
 base_pkgs=(libc6 libgcc-s1 gcc-12-base netbase)
-daemon_pkgs=(iptables libip4tc2 libip6tc2 libxtables12 libmnl0 libnetfilter-conntrack3 libnfnetlink0 libnftnl11)
+daemon_pkgs=(iptables libip4tc2 libip6tc2 libxtables12 libmnl0 libnetfilter-conntrack3 libnfnetlink0 libnftnl11
+  nftables libnftables1 libedit2 libjansson4 libgmp10 libtinfo6 libbsd0 libmd0)
 fetch() {
   (cd "$out/debs" && for p in "$@"; do
      ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -qq "$p" >/dev/null 2>&1 \
@@ -58,12 +59,17 @@ fetch "${base_pkgs[@]}" "${daemon_pkgs[@]}"
 mkdir -p "$out/ctx/operator/base"
 unpack "$out/ctx/operator/base" "${base_pkgs[@]}"
 cp target/release/podnet-operator "$out/ctx/operator/"
-# Daemon context: the base plus iptables, with the nft backend as the default (what
-# Debian's alternatives would point to).
+# Daemon context: the base plus nft and both iptables variants (legacy and nft: the
+# daemon uses the one that holds the node's rules), iptables pointing at the nft variant
+# by default (what Debian's alternatives would point to).
 mkdir -p "$out/ctx/daemon/base"
 unpack "$out/ctx/daemon/base" "${base_pkgs[@]}" "${daemon_pkgs[@]}"
-for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
-  ln -sf xtables-nft-multi "$out/ctx/daemon/base/usr/sbin/$t"
+for fam in iptables ip6tables; do
+  for t in "" -save -restore; do
+    ln -sf xtables-nft-multi "$out/ctx/daemon/base/usr/sbin/$fam$t"
+    ln -sf xtables-nft-multi "$out/ctx/daemon/base/usr/sbin/$fam-nft$t"
+    ln -sf xtables-legacy-multi "$out/ctx/daemon/base/usr/sbin/$fam-legacy$t"
+  done
 done
 mkdir -p "$out/ctx/daemon/base/run"
 cp target/release/podnet-daemon "$cni" "$out/ctx/daemon/"
@@ -92,7 +98,8 @@ for c in operator daemon; do
     status=1
   fi
   if [ "$c" = daemon ]; then
-    for tool in "/usr/local/bin/podnet-cni --version" "/usr/sbin/iptables-restore --version" "/usr/sbin/ip6tables-save --version"; do
+    for tool in "/usr/local/bin/podnet-cni --version" "/usr/sbin/iptables-restore --version" "/usr/sbin/ip6tables-save --version" \
+        "/usr/sbin/iptables-legacy-save --version" "/usr/sbin/ip6tables-nft-restore --version" "/usr/sbin/nft --version"; do
       # shellcheck disable=SC2086
       if v=$(buildah run --isolation chroot "$ctr" -- $tool 2>&1); then
         echo "    $image: $tool -> $v" >&2

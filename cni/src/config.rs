@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use podnet_contract::{DEFAULT_BRIDGE, DEFAULT_IPAM_DIR, PLUGIN_TYPE, PluginConf};
+use podnet_firewall::Backend;
+use podnet_firewall::hostports::PortMapping;
 
 use crate::error::{CniError, Code};
 
@@ -201,6 +203,7 @@ struct RawConf {
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<Attachment>>,
     ipam: Option<Value>,
+    runtime_config: Option<Value>,
 }
 
 /// The validated network configuration.
@@ -224,6 +227,10 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// GC: the attachments to keep; `None` when the runtime sent no list.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// The firewall for hostPort mappings (the daemon's choice); `None`: detect.
+    pub firewall: Option<Backend>,
+    /// `runtimeConfig.portMappings`: the pod's hostPorts.
+    pub port_mappings: Vec<PortMapping>,
 }
 
 /// The version in a configuration, for error JSON, even when the rest is unusable.
@@ -348,6 +355,27 @@ impl NetConf {
                 format!("{} is not an absolute path", data_dir.display()),
             ));
         }
+        let firewall = raw
+            .plugin
+            .firewall
+            .as_deref()
+            .map(str::parse::<Backend>)
+            .transpose()
+            .map_err(|why| invalid("firewall", why))?;
+        let port_mappings = match raw.runtime_config.as_ref().map(|r| &r["portMappings"]) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(PortMapping::from_runtime)
+                .collect::<Result<_, _>>()
+                .map_err(|why| invalid("runtimeConfig.portMappings", why))?,
+            Some(other) => {
+                return Err(invalid(
+                    "runtimeConfig.portMappings",
+                    format!("{other} is not a list"),
+                ));
+            }
+        };
         Ok(Self {
             cni_version,
             name,
@@ -358,6 +386,8 @@ impl NetConf {
             dns: raw.dns,
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
+            firewall,
+            port_mappings,
         })
     }
 
@@ -569,6 +599,7 @@ mod tests {
             1450,
             "podnet0",
             "/run/podnet/ipam",
+            Some("iptables-legacy"),
         );
         let conf = list.plugin_config(0).unwrap_or_default();
         let parsed = NetConf::parse(conf.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
@@ -579,6 +610,32 @@ mod tests {
         assert_eq!(parsed.data_dir, PathBuf::from("/run/podnet/ipam"));
         let cidrs: Vec<String> = parsed.pod_cidrs.iter().map(ToString::to_string).collect();
         assert_eq!(cidrs, ["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        assert_eq!(parsed.firewall, Some(Backend::IptablesLegacy));
+        assert!(parsed.port_mappings.is_empty());
+    }
+
+    #[test]
+    fn port_mappings_come_from_runtime_config_and_are_validated() {
+        let base = r#"{"cniVersion":"1.1.0","name":"podnet","podCIDRs":["10.244.1.0/24"]"#;
+        let conf = NetConf::parse(
+            format!(r#"{base},"runtimeConfig":{{"portMappings":[{{"hostPort":8080,"containerPort":80,"protocol":"udp"}}]}}}}"#).as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conf.port_mappings.len(), 1);
+        assert_eq!(conf.port_mappings[0].host_port, 8080);
+        for bad in [
+            format!(
+                r#"{base},"runtimeConfig":{{"portMappings":[{{"hostPort":0,"containerPort":80}}]}}}}"#
+            ),
+            format!(r#"{base},"runtimeConfig":{{"portMappings":{{"hostPort":1}}}}}}"#),
+            format!(r#"{base},"firewall":"pf"}}"#),
+        ] {
+            assert_eq!(
+                NetConf::parse(bad.as_bytes()).err().map(|e| e.code),
+                Some(Code::InvalidConfig),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

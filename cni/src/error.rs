@@ -28,6 +28,8 @@ pub enum Code {
     CheckFailed = 100,
     /// ADD: CNI_IFNAME already exists in the namespace (plugin-specific range).
     InterfaceExists = 101,
+    /// ADD: a hostPort another pod on this node holds (plugin-specific range).
+    PortConflict = 102,
 }
 
 /// An error the plugin reports to the runtime.

@@ -34,7 +34,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{CniError, Code};
 
-fn io(what: String) -> impl FnOnce(std::io::Error) -> CniError {
+pub(crate) fn io(what: String) -> impl FnOnce(std::io::Error) -> CniError {
     move |e| CniError::new(Code::Io, "IPAM storage failed", format!("{what}: {e}"))
 }
 
@@ -146,7 +146,7 @@ fn owner_line(container_id: &str, ifname: &str) -> String {
 }
 
 /// Writes `content` to `path` atomically (temporary file + rename).
-fn write_atomic(dir: &Path, path: &Path, content: &str) -> Result<(), CniError> {
+pub(crate) fn write_atomic(dir: &Path, path: &Path, content: &str) -> Result<(), CniError> {
     let tmp = dir.join(format!(".tmp.{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
     f.write_all(content.as_bytes())

@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod error;
+pub mod hostports;
 pub mod ipam;
 pub mod plugin;

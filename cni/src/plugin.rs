@@ -16,6 +16,7 @@ use crate::config::{
     AddResult, Command, Env, NetConf, ResultInterface, SUPPORTED_VERSIONS, version_hint,
 };
 use crate::error::{CniError, Code};
+use crate::hostports;
 use crate::ipam::{AttachmentLock, Ipam};
 
 /// Route protocol of the pod's default routes (RTPROT_BOOT, as `ip route add` uses).
@@ -179,14 +180,23 @@ fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
             ))
         });
         match (host_side, pod_side) {
-            (Ok((bridge, host_link, leases)), Ok(Some(pod_link))) => Ok(AddResult {
-                interfaces: vec![bridge, host_link, pod_link],
-                ips: leases
-                    .iter()
-                    .map(|l| (*l, NetConf::gateway(&l.trunc())))
-                    .collect(),
-                dns: conf.dns.clone(),
-            }),
+            (Ok((bridge, host_link, leases)), Ok(Some(pod_link))) => {
+                if !conf.port_mappings.is_empty() {
+                    let ips: Vec<IpAddr> = leases.iter().map(IpNet::addr).collect();
+                    if let Err(e) = hostports::add(conf, &env.container_id, &host_name, &ips) {
+                        undo_add(env, conf);
+                        return Err(e);
+                    }
+                }
+                Ok(AddResult {
+                    interfaces: vec![bridge, host_link, pod_link],
+                    ips: leases
+                        .iter()
+                        .map(|l| (*l, NetConf::gateway(&l.trunc())))
+                        .collect(),
+                    dns: conf.dns.clone(),
+                })
+            }
             (Err(HostError::BeforeVeth(e)), _) => Err(e),
             (Err(HostError::AfterVeth(e)), _) | (Ok(_), Err(e)) => {
                 undo_add(env, conf);
@@ -402,6 +412,9 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         Ok(_) => {}
         Err(e) => errors.push(e.to_string()),
     }
+    if let Err(e) = hostports::del(conf, &host_name) {
+        errors.push(e.to_string());
+    }
     if errors.is_empty() {
         lock.remove();
         Ok(())
@@ -487,7 +500,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             conf.bridge
         )));
     }
-    Ok(())
+    hostports::check(conf, &host_name, &conf.pod_cidrs)
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
@@ -520,6 +533,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         try_lock(&host_veth_name(cid, ifname), &mut locks)
     })?;
     let keep_links: HashSet<String> = keep.iter().map(|(c, i)| host_veth_name(c, i)).collect();
+    hostports::gc(conf, &keep_links, |veth| try_lock(veth, &mut locks))?;
     let mut host = Netlink::new()?;
     let Some(bridge) = host.link_by_name(&conf.bridge)? else {
         return Ok(());

@@ -925,3 +925,341 @@ fn podman_runs_two_containers_on_a_podnet_network() {
         .output();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Runs `f` on a thread of its own that has entered network namespace `ns` (never on a
+/// thread the test harness keeps).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
+                .unwrap_or_else(|e| panic!("opening netns {ns}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("a thread in {ns} panicked"))
+    })
+}
+
+/// TCP and UDP servers in a pod on `port` (both families): each answers with the
+/// address it saw the client come from. Stopped (and joined) on drop.
+struct PeerEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PeerEcho {
+    fn start(ns: &str, port: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tcp, udp) = in_netns(ns, || {
+            let tcp = std::net::TcpListener::bind(("::", port))
+                .unwrap_or_else(|e| panic!("tcp bind: {e}"));
+            let udp =
+                std::net::UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("udp bind: {e}"));
+            (tcp, udp)
+        });
+        tcp.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        udp.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s1 = stop.clone();
+        let t1 = std::thread::spawn(move || {
+            use std::io::Write;
+            while !s1.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, peer)) => {
+                        let _ = c.write_all(peer.ip().to_canonical().to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        let s2 = stop.clone();
+        let t2 = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s2.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(peer.ip().to_canonical().to_string().as_bytes(), peer);
+                }
+            }
+        });
+        Self {
+            stop,
+            threads: vec![t1, t2],
+        }
+    }
+}
+
+impl Drop for PeerEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From inside `ns`: what the server at `ip:port` saw as our address, over TCP or
+/// UDP; `None` when nothing answered within a second.
+fn seen_from(ns: &str, ip: &str, port: u16, udp: bool) -> Option<String> {
+    use std::io::Read;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let addr = std::net::SocketAddr::new(ip, port);
+    let timeout = std::time::Duration::from_secs(1);
+    in_netns(ns, || {
+        if udp {
+            let bind: std::net::SocketAddr = if ip.is_ipv4() {
+                "0.0.0.0:0".parse().ok()?
+            } else {
+                "[::]:0".parse().ok()?
+            };
+            let s = std::net::UdpSocket::bind(bind).ok()?;
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.send_to(b"who", addr).ok()?;
+            let mut buf = [0u8; 64];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        } else {
+            let mut c = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+            c.set_read_timeout(Some(timeout)).ok()?;
+            let mut out = String::new();
+            c.read_to_string(&mut out).ok()?;
+            Some(out)
+        }
+    })
+}
+
+/// [`seen_from`], retried for up to 5 s: the first packet of a family may wait for
+/// neighbour discovery on three links.
+fn seen_eventually(ns: &str, ip: &str, port: u16, udp: bool) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let seen = seen_from(ns, ip, port, udp);
+        if seen.is_some() || std::time::Instant::now() > deadline {
+            return seen;
+        }
+    }
+}
+
+/// podnet's hostPort rules in the node, whichever firewall holds them.
+fn hostport_rules(node: &Node) -> String {
+    let mut out = String::from_utf8_lossy(
+        &node
+            .ns
+            .exec(&["nft", "list", "table", "inet", "podnet-hostports"])
+            .stdout,
+    )
+    .into_owned();
+    for tool in ["iptables-nft-save", "ip6tables-nft-save"] {
+        let save = node.ns.exec(&[tool, "-t", "nat"]);
+        out.extend(
+            String::from_utf8_lossy(&save.stdout)
+                .lines()
+                .filter(|l| l.contains("PODNET-HOSTPORTS"))
+                .map(|l| format!("{l}\n")),
+        );
+    }
+    out
+}
+
+/// hostPorts through both firewalls: reached from another host (source kept), from the
+/// node itself, from another pod and from the pod itself (hairpin), TCP and UDP, IPv4
+/// and IPv6; a port taken twice is a CNI error that leaves nothing; CHECK sees a rule
+/// deleted by hand; a firewall switch moves every mapping; DEL and GC remove them.
+#[test]
+fn host_ports_reach_the_pod_from_everywhere_in_both_firewalls() {
+    require_root();
+    for (i, firewall) in ["nftables", "iptables-nft"].into_iter().enumerate() {
+        let (v4, v6) = [
+            ("10.244.40.0/24", "fd00:10:244:40::/64"),
+            ("10.244.41.0/24", "fd00:10:244:41::/64"),
+        ][i];
+        let node = Node::new(&[v4, v6]);
+        // Another host, on the node's uplink.
+        let ext = Netns::new("pncni-ext");
+        let (up_node, up_ext) = (unique("pnu"), unique("pnx"));
+        let out = node.ns.exec(&[
+            "ip", "link", "add", &up_node, "type", "veth", "peer", "name", &up_ext,
+        ]);
+        assert!(
+            out.status.success(),
+            "adding the uplink: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node.ns
+            .exec(&["ip", "link", "set", &up_ext, "netns", &ext.0]);
+        for (ns, dev, a4, a6) in [
+            (&node.ns, &up_node, "198.18.90.1/24", "2001:db8:90::1/64"),
+            (&ext, &up_ext, "198.18.90.2/24", "2001:db8:90::2/64"),
+        ] {
+            ns.exec(&["ip", "addr", "add", a4, "dev", dev]);
+            ns.exec(&["ip", "addr", "add", a6, "dev", dev, "nodad"]);
+            ns.exec(&["ip", "link", "set", dev, "up"]);
+        }
+        let mut conf = node.conf("1.1.0");
+        conf["firewall"] = json!(firewall);
+        conf["capabilities"] = json!({"portMappings": true});
+        let mut mapped = conf.clone();
+        mapped["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8080, "containerPort": 80, "protocol": "udp"},
+            {"hostPort": 9090, "containerPort": 80, "protocol": "sctp", "hostIP": "198.18.90.1"},
+        ]});
+        let (a, b) = (Netns::new("pncni-hpa"), Netns::new("pncni-hpb"));
+        let (ok, ra) = node.cni("ADD", "hp-a", &a.path(), "eth0", &mapped);
+        assert!(ok, "{firewall}: ADD with port mappings: {ra}");
+        let (ok, rb) = node.cni("ADD", "hp-b", &b.path(), "eth0", &conf);
+        assert!(ok, "{firewall}: ADD: {rb}");
+        let _echo = PeerEcho::start(&a.0, 80);
+        let b_ips: Vec<String> = ips(&rb).iter().map(|c| addr_only(c)).collect();
+        let gateways = [
+            format!("10.244.{}.1", 40 + i),
+            format!("fd00:10:244:{}::1", 40 + i),
+        ];
+        for (fam, node_ip, ext_ip) in [
+            (0, "198.18.90.1", "198.18.90.2"),
+            (1, "2001:db8:90::1", "2001:db8:90::2"),
+        ] {
+            for udp in [false, true] {
+                let what = |from: &str| {
+                    format!(
+                        "{firewall}: {from} -> [{node_ip}]:8080/{}",
+                        if udp { "udp" } else { "tcp" }
+                    )
+                };
+                // Another host: its own address reaches the pod.
+                assert_eq!(
+                    seen_eventually(&ext.0, node_ip, 8080, udp).as_deref(),
+                    Some(ext_ip),
+                    "{}",
+                    what("another host")
+                );
+                // The node itself.
+                assert!(
+                    seen_eventually(&node.ns.0, node_ip, 8080, udp).is_some(),
+                    "{}",
+                    what("the node")
+                );
+                // Another pod of the node: masqueraded to the gateway, so the reply
+                // comes back through the host.
+                let seen = seen_eventually(&b.0, node_ip, 8080, udp);
+                assert!(
+                    seen.as_deref() == Some(gateways[fam].as_str())
+                        || seen.as_deref() == Some(b_ips[fam].as_str()),
+                    "{}: {seen:?}",
+                    what("another pod")
+                );
+                // The pod itself (hairpin).
+                assert!(
+                    seen_eventually(&a.0, node_ip, 8080, udp).is_some(),
+                    "{}",
+                    what("the pod itself")
+                );
+            }
+        }
+        let rules = hostport_rules(&node);
+        assert!(
+            rules.contains("sctp") && rules.contains("198.18.90.1"),
+            "{firewall}: the SCTP mapping on its hostIP: {rules}"
+        );
+        // The same port for another pod: a CNI error, and that pod leaves nothing.
+        let c = Netns::new("pncni-hpc");
+        let (veths, leases) = (node.host_veths().len(), node.leases().len());
+        let (ok, v) = node.cni("ADD", "hp-c", &c.path(), "eth0", &mapped);
+        assert!(!ok && v["code"] == 102, "{firewall}: a taken hostPort: {v}");
+        assert!(
+            v["details"].as_str().is_some_and(|d| d.contains("hp-a")),
+            "{v}"
+        );
+        assert_eq!(
+            (node.host_veths().len(), node.leases().len()),
+            (veths, leases),
+            "{firewall}: the refused ADD left state"
+        );
+        assert_eq!(
+            hostport_rules(&node),
+            rules,
+            "{firewall}: the refused ADD changed the rules"
+        );
+        // CHECK: passes, then fails once the rules are gone by hand.
+        let mut check = mapped.clone();
+        check["prevResult"] = ra.clone();
+        let (ok, v) = node.cni("CHECK", "hp-a", &a.path(), "eth0", &check);
+        assert!(ok, "{firewall}: CHECK: {v}\n{}", hostport_rules(&node));
+        if firewall == "nftables" {
+            node.ns.exec(&[
+                "nft",
+                "flush",
+                "chain",
+                "inet",
+                "podnet-hostports",
+                "hostports",
+            ]);
+        } else {
+            node.ns
+                .exec(&["iptables-nft", "-t", "nat", "-F", "PODNET-HOSTPORTS"]);
+        }
+        let (ok, v) = node.cni("CHECK", "hp-a", &a.path(), "eth0", &check);
+        assert!(
+            !ok && v["code"] == 100,
+            "{firewall}: CHECK after the rules were deleted: {v}"
+        );
+        // A pod added under the other firewall moves every mapping there (and repairs).
+        let other = if firewall == "nftables" {
+            "iptables-nft"
+        } else {
+            "nftables"
+        };
+        let mut moved = mapped.clone();
+        moved["firewall"] = json!(other);
+        moved["runtimeConfig"] = json!({"portMappings": [{"hostPort": 7070, "containerPort": 80}]});
+        let d = Netns::new("pncni-hpd");
+        let (ok, v) = node.cni("ADD", "hp-d", &d.path(), "eth0", &moved);
+        assert!(ok, "{firewall} -> {other}: {v}");
+        assert_eq!(
+            seen_eventually(&ext.0, "198.18.90.1", 8080, false).as_deref(),
+            Some("198.18.90.2"),
+            "{firewall} -> {other}: pod a's mapping"
+        );
+        let nft_table = node
+            .ns
+            .exec(&["nft", "list", "table", "inet", "podnet-hostports"])
+            .status
+            .success();
+        assert_eq!(
+            nft_table,
+            other == "nftables",
+            "{firewall} -> {other}: {}",
+            hostport_rules(&node)
+        );
+        // GC without d, then DEL a: nothing of podnet's hostPorts is left anywhere.
+        let mut gc = moved.clone();
+        gc["cni.dev/valid-attachments"] = json!([{"containerID": "hp-a", "ifname": "eth0"}, {"containerID": "hp-b", "ifname": "eth0"}]);
+        let (ok, v) = node.cni("GC", "", "", "", &gc);
+        assert!(ok, "GC: {v}");
+        assert!(
+            !hostport_rules(&node).contains("7070"),
+            "GC left d's mapping: {}",
+            hostport_rules(&node)
+        );
+        for (cid, ns) in [("hp-a", &a), ("hp-b", &b)] {
+            let (ok, v) = node.cni("DEL", cid, &ns.path(), "eth0", &moved);
+            assert!(ok, "DEL {cid}: {v}");
+        }
+        assert_eq!(
+            hostport_rules(&node),
+            "",
+            "{firewall}: hostPort rules left after DEL"
+        );
+        assert_eq!(
+            seen_from(&ext.0, "198.18.90.1", 8080, false),
+            None,
+            "still answering after DEL"
+        );
+        let records = std::fs::read_dir(node.data_dir.join("podnet/hostports"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(records, 0, "hostPort records left");
+    }
+}

@@ -26,6 +26,14 @@ pub struct PluginConf {
     /// The lease directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
+    /// The firewall backend the node's daemon chose (`nftables`, `iptables-nft`,
+    /// `iptables-legacy`): where the plugin programs hostPort mappings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<String>,
+    /// The CNI capabilities the plugin asks the runtime for (`portMappings`: the
+    /// runtime passes each pod's hostPorts in `runtimeConfig.portMappings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<std::collections::BTreeMap<String, bool>>,
 }
 
 /// A CNI configuration list (`*.conflist`).
@@ -42,8 +50,14 @@ pub struct ConfList {
 
 impl ConfList {
     /// The list the daemon writes for a node: podnet-cni alone, with the node's pod
-    /// CIDRs, MTU, bridge and lease directory.
-    pub fn for_node(pod_cidrs: &[String], mtu: u32, bridge: &str, data_dir: &str) -> Self {
+    /// CIDRs, MTU, bridge, lease directory and firewall, asking for port mappings.
+    pub fn for_node(
+        pod_cidrs: &[String],
+        mtu: u32,
+        bridge: &str,
+        data_dir: &str,
+        firewall: Option<&str>,
+    ) -> Self {
         Self {
             cni_version: CONFLIST_CNI_VERSION.to_string(),
             name: NETWORK_NAME.to_string(),
@@ -53,6 +67,8 @@ impl ConfList {
                 pod_cidrs: Some(pod_cidrs.to_vec()),
                 mtu: Some(mtu),
                 data_dir: Some(data_dir.to_string()),
+                firewall: firewall.map(str::to_string),
+                capabilities: Some([("portMappings".to_string(), true)].into()),
             }],
         }
     }
@@ -99,6 +115,7 @@ mod tests {
             1450,
             "podnet0",
             "/run/podnet/ipam",
+            Some("nftables"),
         );
         let text = list.render();
         assert!(text.ends_with('\n'));
@@ -110,6 +127,8 @@ mod tests {
         assert_eq!(conf["name"], "podnet");
         assert_eq!(conf["podCIDRs"][1], "fd00:10:244:1::/64");
         assert_eq!(conf["mtu"], 1450);
+        assert_eq!(conf["firewall"], "nftables");
+        assert_eq!(conf["capabilities"]["portMappings"], true);
         assert!(list.podnet().is_some());
     }
 }

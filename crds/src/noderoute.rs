@@ -50,6 +50,12 @@ use crate::crdgen::{cidr_list_schema, conditions_schema, ip_list_schema, owned_w
         description = "The node's daemon programmed routes, CNI config and masquerade"
     ),
     printcolumn(
+        name = "Firewall",
+        type_ = "string",
+        json_path = ".status.firewall",
+        description = "The firewall the node's daemon programs (nftables, iptables-nft, iptables-legacy)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -105,6 +111,11 @@ pub struct NodeRouteStatus {
     /// The metadata.generation the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The firewall the node's podnet-daemon programs masquerade into: nftables,
+    /// iptables-nft or iptables-legacy (written by that daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub firewall: Option<String>,
 }
 
 // Written as a whole by the operator (see `owned_whole`).

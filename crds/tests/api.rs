@@ -296,7 +296,8 @@ fn main() -> ExitCode {
                 )?;
                 let status = r#"{"status":{"nodeIPs":["198.18.0.2"],"podCIDRs":["10.244.3.0/24"],"conditions":[
                 {"type":"Allocated","status":"True","reason":"Allocated","message":"ok","lastTransitionTime":"2026-01-01T00:00:00Z"},
-                {"type":"Programmed","status":"False","reason":"Pending","message":"waiting","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
+                {"type":"Programmed","status":"False","reason":"Pending","message":"waiting","lastTransitionTime":"2026-01-01T00:00:00Z"}],
+                "firewall":"nftables"}}"#;
                 kubectl(
                     &cp,
                     &[
@@ -324,6 +325,7 @@ fn main() -> ExitCode {
                             "POD-CIDRS",
                             "ALLOCATED",
                             "PROGRAMMED",
+                            "FIREWALL",
                             "AGE"
                         ],
                     "{out}"
@@ -333,7 +335,8 @@ fn main() -> ExitCode {
                     row.contains("198.18.0.2")
                         && row.contains("10.244.3.0/24")
                         && row.contains("True")
-                        && row.contains("False"),
+                        && row.contains("False")
+                        && row.contains("nftables"),
                     "{out}"
                 );
                 kubectl(

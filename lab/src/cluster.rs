@@ -46,6 +46,14 @@ pub struct LabNode {
     pub daemon_pid: i32,
     /// The daemon's kubeconfig (the podnet-daemon service account's bound token).
     pub kubeconfig: PathBuf,
+    /// The daemon's `--firewall`: the lab alternates `iptables` and `nftables` so that
+    /// every fault scenario meets both drivers.
+    #[serde(default = "default_firewall")]
+    pub firewall: String,
+}
+
+fn default_firewall() -> String {
+    "iptables".into()
 }
 
 /// Everything `down` needs to remove, saved as JSON in the state dir.
@@ -272,6 +280,8 @@ pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
         &dir.join("state").display().to_string(),
         "--startup-grace",
         "2",
+        "--firewall",
+        &node.firewall,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -435,6 +445,12 @@ pub async fn add_node(state: &mut LabState, i: usize) -> Result<LabNode, LabErro
         ips: vec![v4, v6],
         daemon_pid: 0,
         kubeconfig: daemon_kc,
+        firewall: if state.nodes.len() % 2 == 1 {
+            "nftables"
+        } else {
+            "iptables"
+        }
+        .into(),
     };
     node.daemon_pid = spawn_daemon(state, &node)?;
     state.nodes.push(node.clone());

@@ -49,6 +49,10 @@ fn main() -> std::process::ExitCode {
         ),
         ("non_masquerade_cidrs_take_effect_live", non_masquerade_live),
         (
+            "host_ports_reach_pods_from_everywhere_in_both_firewalls",
+            host_ports,
+        ),
+        (
             "daemon_runs_unprivileged_with_the_charts_security_context",
             daemon_security,
         ),
@@ -450,6 +454,216 @@ fn non_masquerade_live(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
     ))
 }
 
+// ---- 3b ----
+
+/// The HTTP answer of the echo server at `[target]:port`, asked from the external
+/// host's namespace with busybox `nc`: the client address it saw.
+fn ext_fetch(lab: &RealLab, target: &str, port: u16) -> Option<String> {
+    let ns = format!("/var/run/netns/{}-ext", lab.tag);
+    let out = podnet_lab::output_with_input(
+        std::process::Command::new("nsenter").args([
+            &format!("--net={ns}"),
+            "busybox",
+            "nc",
+            "-w",
+            "3",
+            target,
+            &port.to_string(),
+        ]),
+        "GET /cgi-bin/ip HTTP/1.0\r\n\r\n",
+    )
+    .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with('['))
+        .map(|l| {
+            let inner = l.trim_start_matches('[').trim_end_matches(']');
+            inner.strip_prefix("::ffff:").unwrap_or(inner).to_string()
+        })
+}
+
+fn host_ports(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    const HOST_PORT: u16 = 30080;
+    // One pod with a hostPort on an nftables node and one on the iptables node.
+    let picks: Vec<usize> = [ProxyMode::Nftables, ProxyMode::Iptables]
+        .iter()
+        .filter_map(|m| lab.nodes.iter().position(|n| n.proxy_mode == *m))
+        .collect();
+    ensure!(picks.len() == 2, "the lab needs a node of each proxy mode");
+    let mut manifest = String::new();
+    for &i in &picks {
+        manifest.push_str(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hostport-{node}
+  namespace: lab
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: localhost/podnet-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/busybox", "httpd", "-f", "-p", "[::]:{ECHO_PORT}", "-h", "/www"]
+    ports:
+    - containerPort: {ECHO_PORT}
+      hostPort: {HOST_PORT}
+      protocol: TCP
+---
+"#,
+            node = lab.nodes[i].name
+        ));
+    }
+    kubectl(lab, &["apply", "-f", "-"], &manifest)?;
+    let cleanup = |lab: &RealLab| kubectl(lab, &["delete", "-f", "-", "--wait=true"], &manifest);
+    let result = (|| -> anyhow::Result<Vec<String>> {
+        for &i in &picks {
+            let pod = format!("hostport-{}", lab.nodes[i].name);
+            kubectl(
+                lab,
+                &[
+                    "wait",
+                    "-n",
+                    "lab",
+                    "--for=condition=Ready",
+                    &format!("pod/{pod}"),
+                    "--timeout=120s",
+                ],
+                "",
+            )
+            .with_context(|| {
+                kubectl(
+                    lab,
+                    &[
+                        "get",
+                        "events",
+                        "-n",
+                        "lab",
+                        "--field-selector",
+                        &format!("involvedObject.name={pod}"),
+                    ],
+                    "",
+                )
+                .unwrap_or_default()
+            })?;
+        }
+        let mut seen = Vec::new();
+        for &i in &picks {
+            let n = &lab.nodes[i];
+            let other = lab
+                .nodes
+                .iter()
+                .find(|o| o.name != n.name)
+                .context("a second node")?;
+            let same_node_pod = format!("{}-pod1", n.name);
+            let other_node_pod = format!("{}-pod1", other.name);
+            let me = format!("hostport-{}", n.name);
+            // Where podnet-cni put the rules: the firewall the node's daemon chose.
+            let firewall = kubectl(
+                lab,
+                &["get", "nr", &n.name, "-o", "jsonpath={.status.firewall}"],
+                "",
+            )?;
+            let rules = if n.proxy_mode == ProxyMode::Nftables {
+                node_exec(
+                    n.anchor_pid,
+                    &["nft", "list", "table", "inet", "podnet-hostports"],
+                )?
+            } else {
+                node_exec(n.anchor_pid, &["iptables-save", "-t", "nat"])?
+            };
+            ensure!(
+                rules.contains(&format!("dport {HOST_PORT}")),
+                "{}: no hostPort rule in the {:?} node's firewall:\n{rules}",
+                n.name,
+                n.proxy_mode
+            );
+            for (fam, node_ip) in n.ips.iter().enumerate() {
+                let url_ip = if node_ip.contains(':') {
+                    format!("[{node_ip}]")
+                } else {
+                    node_ip.clone()
+                };
+                let ext = ext_fetch(lab, node_ip, HOST_PORT);
+                ensure!(
+                    ext.as_deref() == Some(lab.external_ips[fam].as_str()),
+                    "{}: the external host reaching {node_ip}:{HOST_PORT} was seen as {ext:?} (want its own {})",
+                    n.name,
+                    lab.external_ips[fam]
+                );
+                let from_other = node_exec(
+                    other.anchor_pid,
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "3",
+                        &format!("http://{url_ip}:{HOST_PORT}/cgi-bin/ip"),
+                    ],
+                )
+                .unwrap_or_default();
+                ensure!(
+                    from_other.contains(&other.ips[fam]),
+                    "{}: {} (host network) reaching {node_ip}:{HOST_PORT} got {from_other:?}",
+                    n.name,
+                    other.name
+                );
+                let from_self = node_exec(
+                    n.anchor_pid,
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "3",
+                        &format!("http://{url_ip}:{HOST_PORT}/cgi-bin/ip"),
+                    ],
+                )
+                .unwrap_or_default();
+                ensure!(
+                    !from_self.trim().is_empty(),
+                    "{}: the node cannot reach its own hostPort on {node_ip}",
+                    n.name
+                );
+                for (from, what) in [
+                    (&same_node_pod, "a pod on the same node"),
+                    (&other_node_pod, "a pod on another node"),
+                    (&me, "the pod itself (hairpin)"),
+                ] {
+                    ensure!(
+                        fetch_from(lab, from, node_ip, HOST_PORT).is_some(),
+                        "{}: {what} ({from}) cannot reach {node_ip}:{HOST_PORT}",
+                        n.name
+                    );
+                }
+            }
+            seen.push(format!("{} ({firewall})", n.name));
+        }
+        Ok(seen)
+    })();
+    cleanup(lab)?;
+    let seen = result?;
+    // Deleting the pods removed every rule.
+    for &i in &picks {
+        let n = &lab.nodes[i];
+        wait(
+            &format!("{}: hostPort rules gone", n.name),
+            Duration::from_secs(30),
+            || {
+                let nft = node_exec(n.anchor_pid, &["nft", "list", "tables"])?;
+                let ipt = node_exec(n.anchor_pid, &["iptables-save", "-t", "nat"])?;
+                Ok(!nft.contains("podnet-hostports")
+                    && !ipt.contains(&format!("--dport {HOST_PORT}")))
+            },
+        )?;
+    }
+    Ok(format!(
+        "hostPort {HOST_PORT}/TCP on {}: reached over IPv4 and IPv6 from the external host (its own address kept), another node, the node itself, a pod on the same node, a pod on another node and the pod itself; rules gone with the pods",
+        seen.join(" and ")
+    ))
+}
+
 // ---- 4 ----
 
 fn daemon_security(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
@@ -518,6 +732,7 @@ fn daemon_security(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
         );
     }
     let peers = lab.nodes.len() - 1;
+    let mut firewalls = Vec::new();
     for n in &lab.nodes {
         let routes = node_exec(n.anchor_pid, &["ip", "-4", "route", "show", "proto", "233"])?;
         ensure!(
@@ -526,16 +741,43 @@ fn daemon_security(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
             n.name,
             routes.lines().count()
         );
+        // firewall: auto follows kube-proxy; the rules are where the node reports them.
+        let want = match n.proxy_mode {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Iptables => "iptables-nft",
+        };
+        wait(
+            &format!("{}: status.firewall {want}", n.name),
+            Duration::from_secs(90),
+            || {
+                let nr = json(lab, &["get", "noderoute", &n.name, "-o", "json"])?;
+                Ok(nr["status"]["firewall"] == want)
+            },
+        )?;
         let nat = node_exec(n.anchor_pid, &["iptables-save", "-t", "nat"])?;
-        ensure!(
-            nat.contains("-j PODNET-MASQ") && nat.contains("MASQUERADE"),
-            "{}: no masquerade rules",
-            n.name
-        );
+        let table = node_exec(n.anchor_pid, &["nft", "list", "tables", "inet"])?;
+        let has_table = table.lines().any(|l| l.trim() == "table inet podnet");
+        match n.proxy_mode {
+            ProxyMode::Nftables => {
+                let t = node_exec(n.anchor_pid, &["nft", "list", "table", "inet", "podnet"])?;
+                ensure!(
+                    t.contains("masquerade") && !nat.contains("PODNET"),
+                    "{}: want the nftables table only:\n{t}\n{nat}",
+                    n.name
+                );
+            }
+            ProxyMode::Iptables => ensure!(
+                nat.contains("-j PODNET-MASQ") && nat.contains("MASQUERADE") && !has_table,
+                "{}: want the iptables chain only (nft table present: {has_table})",
+                n.name
+            ),
+        }
+        firewalls.push(format!("{} {want}", n.name));
     }
     Ok(format!(
-        "daemon container: privileged false, no privilege escalation, read-only root, capabilities [NET_ADMIN, NET_RAW] only; {} daemon pods running so; every node has its {peers} podnet routes per family and its masquerade rules",
-        items.len()
+        "daemon container: privileged false, no privilege escalation, read-only root, capabilities [NET_ADMIN, NET_RAW] only; {} daemon pods running so; every node has its {peers} podnet routes per family and its masquerade rules in the firewall kube-proxy uses ({})",
+        items.len(),
+        firewalls.join(", ")
     ))
 }
 
@@ -940,6 +1182,12 @@ fn uninstall(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
                 n.name
             );
         }
+        let tables = node_exec(a, &["nft", "list", "tables"])?;
+        ensure!(
+            !tables.contains("podnet"),
+            "{}: nftables still has podnet's table:\n{tables}",
+            n.name
+        );
         ensure!(
             node_exec(a, &["ip", "link", "show", podnet_contract::DEFAULT_BRIDGE]).is_err(),
             "{}: bridge left",

@@ -8,10 +8,24 @@ use ipnet::IpNet;
 pub use podnet_contract::CONFLIST_FILE as CONFLIST;
 use podnet_contract::ConfList;
 
-/// The conflist text for this node.
-pub fn render(pod_cidrs: &[IpNet], mtu: u32, bridge: &str, data_dir: &Path) -> String {
+/// The conflist text for this node; `firewall` is where podnet-cni puts hostPort
+/// mappings (the backend the daemon chose).
+pub fn render(
+    pod_cidrs: &[IpNet],
+    mtu: u32,
+    bridge: &str,
+    data_dir: &Path,
+    firewall: Option<&str>,
+) -> String {
     let cidrs: Vec<String> = pod_cidrs.iter().map(ToString::to_string).collect();
-    ConfList::for_node(&cidrs, mtu, bridge, &data_dir.display().to_string()).render()
+    ConfList::for_node(
+        &cidrs,
+        mtu,
+        bridge,
+        &data_dir.display().to_string(),
+        firewall,
+    )
+    .render()
 }
 
 /// Writes `content` to `dir/10-podnet.conflist` unless it is there already: a temporary

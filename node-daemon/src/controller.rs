@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::cniconf;
 use crate::desired::{Desired, Rejection, Rule, desired_state, rejection_keys};
-use crate::masquerade::Iptables;
+use crate::firewall::{self, Backend, NatTable, Runner, Setting};
 use crate::routes::{KernelView, RouteReport, apply_routes, plan_routes, read_routes};
 use crate::state;
 
@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     pub resync: Duration,
     /// How long to wait for the API server at start before programming the saved state.
     pub startup_grace: Duration,
+    /// Which firewall to program (auto: follow kube-proxy, else nftables, else iptables).
+    pub firewall: Setting,
 }
 
 /// Label of the per-rule metrics.
@@ -81,6 +83,14 @@ pub struct DaemonMetrics {
     drift_repairs: Counter,
     errors: Counter,
     sync_duration: Histogram,
+    firewall: Family<BackendLabel, Gauge>,
+}
+
+/// Label of the firewall-backend metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// The backend's name ([`Backend::as_str`]).
+    pub backend: String,
 }
 
 impl DaemonMetrics {
@@ -94,8 +104,14 @@ impl DaemonMetrics {
             drift_repairs: Counter::default(),
             errors: Counter::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            firewall: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("podnet_daemon");
+        r.register(
+            "firewall_backend",
+            "1 for the firewall podnet programs on this node, 0 for the others",
+            m.firewall.clone(),
+        );
         r.register(
             "routes_desired",
             "Peer routes this node should have",
@@ -145,8 +161,10 @@ pub struct PassReport {
     pub routes: RouteReport,
     /// Peers refused, by the API-side and the kernel-side rules.
     pub rejected: Vec<Rejection>,
-    /// Masquerade families rewritten.
+    /// Masquerade transactions run.
     pub masquerade_written: usize,
+    /// The firewall programmed.
+    pub firewall: Option<Backend>,
     /// Whether the CNI config was (re)written.
     pub cni_written: bool,
     /// Stale addresses removed from the bridge.
@@ -238,6 +256,9 @@ pub fn programmed(desired: &Desired, report: &PassReport) -> Programmed {
 pub struct Daemon {
     client: Client,
     config: DaemonConfig,
+    /// The firewall driver in use (chosen at the first pass, looked at again now and
+    /// then when the choice is automatic).
+    firewall: std::sync::Mutex<Option<Box<dyn NatTable + Send>>>,
     noderoutes: Store<NodeRoute>,
     networks: Store<PodNetwork>,
     notify: Arc<Notify>,
@@ -250,6 +271,7 @@ pub struct Daemon {
 struct Report {
     programmed: Programmed,
     rejected: Vec<Rejection>,
+    firewall: Option<Backend>,
 }
 
 impl Daemon {
@@ -274,6 +296,7 @@ impl Daemon {
             ),
             client: clients.request,
             config,
+            firewall: std::sync::Mutex::new(None),
             notify,
             health,
             metrics,
@@ -365,6 +388,7 @@ impl Daemon {
         let mut applied: Option<Desired> = None;
         let mut seen_rejections = BTreeSet::new();
         let mut periodic = true;
+        let mut periodic_passes = 0u64;
         let mut ticker = tokio::time::interval(self.config.resync);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -376,6 +400,15 @@ impl Daemon {
                 &self.networks.state(),
                 applied.as_ref(),
             );
+            if periodic {
+                periodic_passes += 1;
+                // An automatic firewall choice follows the node (kube-proxy started after
+                // podnet, or changed modes): looked at again at every check for the first
+                // thirty, then at every tenth.
+                if periodic_passes <= 30 || periodic_passes.is_multiple_of(10) {
+                    self.reconsider_firewall();
+                }
+            }
             if periodic || applied.as_ref() != Some(&desired) {
                 let nl = match netlink.take() {
                     Some(nl) => Ok(nl),
@@ -399,6 +432,7 @@ impl Daemon {
                         let next = Report {
                             programmed: programmed(&desired, &report),
                             rejected: report.rejected,
+                            firewall: report.firewall,
                         };
                         status_tx.send_if_modified(|s| replace(s, next));
                         netlink = Some(nl);
@@ -535,12 +569,10 @@ impl Daemon {
                 .push(format!("reading the routing table: {e}")),
         }
         report.rejected.sort();
-        match (Iptables {
-            netns: self.config.netns.clone(),
-        })
-        .apply(desired.masquerade.as_ref())
-        {
-            Ok(m) => report.masquerade_written = m.written,
+        let (backend, masquerade) = self.masquerade(desired);
+        report.firewall = Some(backend);
+        match masquerade {
+            Ok(written) => report.masquerade_written = written,
             Err(e) => report.errors.push(format!("masquerade: {e}")),
         }
         if !desired.own_cidrs.is_empty() {
@@ -555,6 +587,7 @@ impl Daemon {
                         mtu,
                         &self.config.bridge,
                         &self.config.ipam_dir,
+                        Some(backend.as_str()),
                     );
                     match cniconf::write_if_changed(&self.config.cni_conf_dir, &text) {
                         Ok(w) => report.cni_written = w,
@@ -570,6 +603,71 @@ impl Daemon {
             }
         }
         report
+    }
+}
+
+impl Daemon {
+    /// Applies masquerade through the chosen firewall, choosing it first if needed.
+    /// When the choice changes (a chart upgrade, kube-proxy switched modes), podnet's
+    /// rules leave the backends it no longer uses. Returns the backend (chosen even when
+    /// applying fails: the CNI config names it for hostPorts) and the transactions run.
+    fn masquerade(&self, desired: &Desired) -> (Backend, Result<usize, firewall::FirewallError>) {
+        let mut guard = self
+            .firewall
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let driver = match guard.take() {
+            Some(d) => guard.insert(d),
+            None => {
+                let runner = Runner {
+                    netns: self.config.netns.clone(),
+                };
+                let (backend, why) = firewall::choose(self.config.firewall, &runner.facts());
+                info!(firewall = %backend, why = %why, "firewall chosen");
+                for other in Backend::ALL.into_iter().filter(|b| *b != backend) {
+                    match firewall::driver(other, runner.clone()).remove() {
+                        Ok(true) => {
+                            info!(firewall = %other, "removed podnet's rules from a firewall it no longer uses")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            debug!(firewall = %other, error = %e, "could not look at a firewall podnet does not use")
+                        }
+                    }
+                }
+                for b in Backend::ALL {
+                    self.metrics
+                        .firewall
+                        .get_or_create(&BackendLabel {
+                            backend: b.as_str().into(),
+                        })
+                        .set(i64::from(b == backend));
+                }
+                guard.insert(firewall::driver(backend, runner))
+            }
+        };
+        let written = driver.apply(desired.masquerade.as_ref());
+        (driver.backend(), written)
+    }
+
+    /// Forgets the firewall choice, so the next pass looks at the node again (automatic
+    /// choice only).
+    fn reconsider_firewall(&self) {
+        if self.config.firewall == Setting::Auto {
+            let mut guard = self
+                .firewall
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(current) = guard.as_ref().map(|d| d.backend()) {
+                let runner = Runner {
+                    netns: self.config.netns.clone(),
+                };
+                let (backend, _) = firewall::choose(Setting::Auto, &runner.facts());
+                if backend != current {
+                    *guard = None;
+                }
+            }
+        }
     }
 }
 
@@ -627,7 +725,7 @@ impl StatusReporter {
             let report = latest.borrow_and_update().clone();
             if let Some(report) = report {
                 self.announce(&report.rejected).await;
-                match self.apply(&report.programmed).await {
+                match self.apply(&report.programmed, report.firewall).await {
                     Ok(()) => {
                         backoff.reset();
                         retry = None;
@@ -695,7 +793,11 @@ impl StatusReporter {
 
     /// Applies the Programmed condition on this node's NodeRoute (server-side apply,
     /// field manager podnet-daemon).
-    async fn apply(&self, programmed: &Programmed) -> Result<(), kube::Error> {
+    async fn apply(
+        &self,
+        programmed: &Programmed,
+        firewall: Option<Backend>,
+    ) -> Result<(), kube::Error> {
         let name = &self.node_name;
         let current = self
             .noderoutes
@@ -714,17 +816,21 @@ impl StatusReporter {
             programmed.message.clone(),
             current.metadata.generation,
         );
+        let firewall = firewall.map(|b| b.as_str().to_string());
+        let current_firewall = current.status.as_ref().and_then(|s| s.firewall.clone());
         if find_condition(&previous, condition_type::PROGRAMMED).is_some_and(|c| {
             c.status == cond.status && c.reason == cond.reason && c.message == cond.message
-        }) {
+        }) && (firewall.is_none() || firewall == current_firewall)
+        {
             return Ok(());
         }
         let patch = StatusPatch {
             api_version: API_VERSION,
             kind: "NodeRoute",
             metadata: Meta { name },
-            status: ConditionsOnly {
+            status: DaemonStatus {
                 conditions: vec![cond],
+                firewall,
             },
         };
         self.api
@@ -738,15 +844,16 @@ impl StatusReporter {
     }
 }
 
-/// The server-side apply body of the daemon's status write: only its own condition
-/// (the operator's fields and condition are owned by the operator's field manager).
+/// The server-side apply body of the daemon's status write: only its own condition and
+/// the firewall it programs (the operator's fields and conditions are owned by the
+/// operator's field manager).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StatusPatch<'a> {
     api_version: &'static str,
     kind: &'static str,
     metadata: Meta<'a>,
-    status: ConditionsOnly,
+    status: DaemonStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -755,8 +862,10 @@ struct Meta<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct ConditionsOnly {
+struct DaemonStatus {
     conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firewall: Option<String>,
 }
 
 #[cfg(test)]

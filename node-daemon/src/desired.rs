@@ -143,17 +143,7 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-/// The masquerade rules of one node.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct MasqueradePlan {
-    /// Sources to masquerade: this node's pod CIDRs.
-    pub sources: Vec<IpNet>,
-    /// Destinations that keep the pod's address: every pod CIDR still in use (every
-    /// PodNetwork's served CIDRs, draining ones included, this node's own CIDRs and
-    /// every routed peer CIDR), then the own network's nonMasqueradeCIDRs; none covered
-    /// by another entry.
-    pub exempt: Vec<IpNet>,
-}
+pub use podnet_firewall::MasqueradePlan;
 
 /// Everything the node should have.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,12 +2,13 @@
 //! list) it converges the node's routes to every peer's pod CIDR, its masquerade rules
 //! and the CNI config for podnet-cni, and reports `Programmed` on its NodeRoute.
 //!
-//! [`desired`] is pure; [`routes`], [`masquerade`] and [`cniconf`] apply it;
+//! [`desired`] is pure; [`routes`], [`firewall`] and [`cniconf`] apply it;
 //! [`controller`] runs the loop.
 
 pub mod cniconf;
 pub mod controller;
 pub mod desired;
-pub mod masquerade;
+/// The firewall drivers (the `podnet-firewall` crate, shared with podnet-cni).
+pub use podnet_firewall as firewall;
 pub mod routes;
 pub mod state;

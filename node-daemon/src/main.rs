@@ -21,7 +21,7 @@ use podnet_contract::{
     PLUGIN_TYPE, ROUTE_PROTOCOL,
 };
 use podnet_daemon::controller::{Daemon, DaemonConfig, DaemonMetrics};
-use podnet_daemon::masquerade::Iptables;
+use podnet_daemon::firewall::{self, Backend, Runner, Setting};
 use podnet_daemon::{cniconf, routes, state};
 use podnet_netlink::Netlink;
 use prometheus_client::registry::Registry;
@@ -94,6 +94,10 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "PODNET_OPS_ADDR", default_value = "0.0.0.0:9091")]
     ops_addr: SocketAddr,
+    /// The firewall masquerade (and network policy) go into: auto follows kube-proxy's
+    /// mode when it can be seen, else nftables if the kernel has it, else iptables.
+    #[arg(long, env = "PODNET_FIREWALL", value_enum, default_value = "auto")]
+    firewall: Setting,
 }
 
 #[derive(Args)]
@@ -158,10 +162,28 @@ fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     if !report.errors.is_empty() {
         bail!("removing podnet's routes: {}", report.errors.join("; "));
     }
-    Iptables {
+    // Every firewall: podnet's rules may be in any of them (a backend switched).
+    let runner = Runner {
         netns: node.netns.clone(),
+    };
+    let mut firewalls = Vec::new();
+    let mut hostport_firewalls = Vec::new();
+    for backend in Backend::ALL {
+        let removed = [
+            firewall::driver(backend, runner.clone()).remove(),
+            firewall::hostports::remove_from(backend, &runner),
+        ];
+        for (i, r) in removed.into_iter().enumerate() {
+            match r {
+                Ok(true) if i == 0 => firewalls.push(backend.as_str()),
+                Ok(true) => hostport_firewalls.push(backend.as_str()),
+                Ok(false) => {}
+                // A variant this node does not have (no legacy iptables, no nftables).
+                Err(e) if e.detail.contains("No such file") || e.detail.contains("not found") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
-    .apply(None)?;
     let conf = node.cni_conf_dir.join(cniconf::CONFLIST);
     let conf_removed = remove_file(&conf)?;
     let plugin_removed = remove_file(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
@@ -173,8 +195,10 @@ fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
         remove_file(&node.state_dir.join(state::FILE))?
     };
     println!(
-        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}), the masquerade chains, {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
+        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}), masquerade rules from [{}], hostPort rules from [{}], {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
         report.removed,
+        firewalls.join(", "),
+        hostport_firewalls.join(", "),
         conf.display(),
         args.cni_bin_dir.join(PLUGIN_TYPE).display(),
         node.bridge,
@@ -212,6 +236,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         state_dir,
         resync: args.resync,
         startup_grace: args.startup_grace,
+        firewall: args.firewall,
     };
     let clients = ApiClients::infer()
         .await

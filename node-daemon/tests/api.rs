@@ -40,6 +40,10 @@ fn main() -> ExitCode {
                 "unreachable_api_server_at_start_programs_the_saved_state",
                 saved_state_at_start,
             ),
+            ApiTest::new(
+                "nftables_masquerade_updates_sets_only_and_backends_switch_cleanly",
+                nftables_masquerade,
+            ),
         ],
     )
 }
@@ -98,6 +102,10 @@ impl NodeNs {
     fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
     }
+    fn netns_arg(&self) -> &'static str {
+        // nsenter's --net=PATH, leaked once per namespace: tests make a handful.
+        Box::leak(format!("--net={}", self.path()).into_boxed_str())
+    }
     fn routes(&self, v6: bool) -> anyhow::Result<String> {
         sh(&[
             "ip",
@@ -139,12 +147,14 @@ impl DaemonProc {
     }
 
     fn start_on(cp: &ControlPlane, ns: &NodeNs, ops: &str) -> anyhow::Result<Self> {
+        // These tests read masquerade rules with iptables-save; the nftables driver has
+        // a test of its own.
         Self::start_with(
             cp.kubeconfig(),
             &cp.dir().join(format!("daemon-{}.log", ns.name)),
             ns,
             ops,
-            &[],
+            &["--firewall", "iptables"],
         )
     }
 
@@ -739,6 +749,30 @@ async fn saved_state_at_start(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     sh(&["ip", "-n", &ns.name, "route", "flush", "proto", "233"])?;
     sh(&["ip", "-n", &ns.name, "-6", "route", "flush", "proto", "233"])?;
     ensure!(!ns.routes(false)?.contains("10.244.2.0/24"));
+    for args in [
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "podnet masquerade",
+            "-j",
+            "PODNET-MASQ",
+        ][..],
+        &["-t", "nat", "-F", "PODNET-MASQ"],
+        &["-t", "nat", "-X", "PODNET-MASQ"],
+    ] {
+        let mut full = vec!["nsenter", ns.netns_arg(), "iptables"];
+        full.extend(args);
+        sh(&full)?;
+    }
+    ensure!(
+        !ns.nat(false)?.contains("PODNET"),
+        "the reboot left masquerade rules"
+    );
     // An API server that is not there: a kubeconfig pointing at a closed port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -756,7 +790,7 @@ async fn saved_state_at_start(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         &log,
         &ns,
         "127.0.0.1:0",
-        &["--startup-grace", "1"],
+        &["--startup-grace", "1", "--firewall", "iptables"],
     )?;
     wait_for(
         "routes from the saved state",
@@ -771,10 +805,156 @@ async fn saved_state_at_start(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    wait_for(
+        "masquerade from the saved state",
+        Duration::from_secs(10),
+        || {
+            Ok(ns
+                .nat(false)?
+                .contains("-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE"))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+fn nft(ns: &NodeNs, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["nsenter", ns.netns_arg(), "nft"];
+    full.extend(args);
+    sh(&full)
+}
+
+async fn firewall_of(client: &Client) -> anyhow::Result<Option<String>> {
+    Ok(Api::<NodeRoute>::all(client.clone())
+        .get("node-a")
+        .await?
+        .status
+        .and_then(|s| s.firewall))
+}
+
+/// The nftables driver: one `inet podnet` table with sets; an edit of the exempt
+/// destinations changes only the set (rule handles stay); a table deleted by hand is
+/// back within a period; a switch to iptables removes the table, and cleanup removes
+/// both; `auto` follows kube-proxy's mode.
+async fn nftables_masquerade(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    let log = cp.dir().join(format!("daemon-{}.log", ns.name));
+    let d = DaemonProc::start_with(
+        cp.kubeconfig(),
+        &log,
+        &ns,
+        "127.0.0.1:0",
+        &["--firewall", "nftables"],
+    )?;
+    wait_for("the inet podnet table", Duration::from_secs(20), || {
+        let t = nft(&ns, &["list", "table", "inet", "podnet"]).unwrap_or_default();
+        Ok(t.contains("10.244.1.0/24")
+            && t.contains("10.244.0.0/16")
+            && t.contains("fd00:10:244::/56"))
+    })
+    .await?;
     ensure!(
-        ns.nat(false)?
-            .contains("-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE"),
-        "masquerade not restored from the saved state"
+        !ns.nat(false)?.contains("PODNET-MASQ"),
+        "the nftables driver also wrote iptables rules"
+    );
+    let status_deadline = Instant::now() + Duration::from_secs(10);
+    while firewall_of(&client).await?.as_deref() != Some("nftables") {
+        ensure!(
+            Instant::now() < status_deadline,
+            "NodeRoute status.firewall is not nftables"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let handles = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.contains("masquerade"))
+            .map(|l| l.split("# handle").nth(1).unwrap_or("").trim().to_string())
+            .collect()
+    };
+    let before = handles(&nft(&ns, &["-a", "list", "table", "inet", "podnet"])?);
+    ensure!(before.len() == 2, "two masquerade rules wanted: {before:?}");
+    put_network(&client, 1450, &["198.18.0.0/15"], true).await?;
+    wait_for("the exempt set updated", Duration::from_secs(10), || {
+        Ok(nft(&ns, &["list", "set", "inet", "podnet", "no-masq4"])?.contains("198.18.0.0/15"))
+    })
+    .await?;
+    let after = handles(&nft(&ns, &["-a", "list", "table", "inet", "podnet"])?);
+    ensure!(
+        before == after,
+        "a set change rewrote the rules: {before:?} -> {after:?}"
+    );
+    // Deleted by hand: back within a period (resync 1 s).
+    nft(&ns, &["delete", "table", "inet", "podnet"])?;
+    wait_for("the table repaired", Duration::from_secs(10), || {
+        Ok(nft(&ns, &["list", "table", "inet", "podnet"])
+            .is_ok_and(|t| t.contains("198.18.0.0/15")))
+    })
+    .await?;
+    // Switch to iptables (a chart upgrade): the table goes, the chain comes.
+    drop(d);
+    let d = DaemonProc::start_with(
+        cp.kubeconfig(),
+        &log,
+        &ns,
+        "127.0.0.1:0",
+        &["--firewall", "iptables"],
+    )?;
+    wait_for(
+        "iptables rules, no nftables table",
+        Duration::from_secs(20),
+        || {
+            Ok(ns
+                .nat(false)?
+                .contains("-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE")
+                && nft(&ns, &["list", "table", "inet", "podnet"]).is_err())
+        },
+    )
+    .await?;
+    drop(d);
+    // auto follows kube-proxy: a kube-proxy nftables table makes it nftables.
+    nft(&ns, &["add", "table", "ip", "kube-proxy"])?;
+    let d = DaemonProc::start_with(
+        cp.kubeconfig(),
+        &log,
+        &ns,
+        "127.0.0.1:0",
+        &["--firewall", "auto"],
+    )?;
+    wait_for(
+        "auto chose nftables after kube-proxy",
+        Duration::from_secs(20),
+        || {
+            Ok(nft(&ns, &["list", "table", "inet", "podnet"]).is_ok()
+                && !ns.nat(false)?.contains("PODNET-MASQ"))
+        },
+    )
+    .await?;
+    drop(d);
+    nft(&ns, &["delete", "table", "ip", "kube-proxy"])?;
+    // cleanup removes podnet's rules from every firewall.
+    let out = Command::new(env!("CARGO_BIN_EXE_podnet-daemon"))
+        .args(["cleanup", "--netns", &ns.path()])
+        .arg("--cni-conf-dir")
+        .arg(&ns.conf_dir)
+        .arg("--cni-bin-dir")
+        .arg(ns.conf_dir.join("bin"))
+        .arg("--ipam-dir")
+        .arg(ns.conf_dir.join("ipam"))
+        .arg("--state-dir")
+        .arg(ns.conf_dir.join("state"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        nft(&ns, &["list", "table", "inet", "podnet"]).is_err()
+            && !ns.nat(false)?.contains("PODNET"),
+        "cleanup left rules"
     );
     Ok(())
 }

@@ -1309,6 +1309,8 @@ impl SyncState {
                 ips_condition,
             ],
             observed_generation: generation,
+            // The daemon's field; the operator's apply never names it.
+            firewall: None,
         }
     }
 

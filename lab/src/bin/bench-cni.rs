@@ -86,6 +86,17 @@ struct Plugin {
 }
 
 fn invoke(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<Duration> {
+    invoke_with(p, &p.conf, cmd, cid, netns).map(|(took, _)| took)
+}
+
+/// One exec of `p` with `conf` on stdin: its time and stdout.
+fn invoke_with(
+    p: &Plugin,
+    conf: &str,
+    cmd: &str,
+    cid: &str,
+    netns: &str,
+) -> anyhow::Result<(Duration, String)> {
     let start = Instant::now();
     let mut child = Command::new(&p.bin)
         .env_clear()
@@ -94,6 +105,7 @@ fn invoke(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<Durat
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", &p.cni_path)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -102,7 +114,7 @@ fn invoke(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<Durat
         .stdin
         .take()
         .context("stdin")?
-        .write_all(p.conf.as_bytes())?;
+        .write_all(conf.as_bytes())?;
     let out = child.wait_with_output()?;
     let took = start.elapsed();
     ensure!(
@@ -112,7 +124,39 @@ fn invoke(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<Durat
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(took)
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// A conflist as libcni runs it: ADD through each plugin in order, each given the
+/// previous result; DEL in reverse order. Every plugin gets `runtime` as
+/// `runtimeConfig`. Returns the whole chain's time.
+fn invoke_chain(
+    chain: &[Plugin],
+    cmd: &str,
+    cid: &str,
+    netns: &str,
+    runtime: &serde_json::Value,
+) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut prev: Option<serde_json::Value> = None;
+    let order: Vec<&Plugin> = if cmd == "DEL" {
+        chain.iter().rev().collect()
+    } else {
+        chain.iter().collect()
+    };
+    for p in order {
+        let mut conf: serde_json::Value = serde_json::from_str(&p.conf)?;
+        conf["runtimeConfig"] = runtime.clone();
+        if let Some(prev) = &prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let (took, out) = invoke_with(p, &conf.to_string(), cmd, cid, netns)?;
+        total += took;
+        if cmd == "ADD" {
+            prev = Some(serde_json::from_str(&out)?);
+        }
+    }
+    Ok(total)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
@@ -267,6 +311,95 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
         "kernel floor (ip link del of a veth, sequential): median {fm:.2} ms; podnet DEL / floor = {:.2}x",
         pdm / fm
     );
+    mapped(o, &dir)?;
+    Ok(())
+}
+
+/// ADD and DEL with one hostPort per pod: the reference chain `bridge` + `portmap`
+/// (iptables) against podnet-cni in each firewall, sequentially, each pod its own port.
+fn mapped(o: &Opts, dir: &std::path::Path) -> anyhow::Result<()> {
+    let bridge = Plugin {
+        label: "ref-bridge",
+        bin: o.ref_dir.join("bridge"),
+        cni_path: o.ref_dir.clone(),
+        conf: serde_json::json!({"cniVersion": "1.0.0", "name": "refpm", "type": "bridge", "bridge": "refpm0",
+            "isGateway": true, "hairpinMode": true, "mtu": 1500,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.249.0.0/24"}]], "dataDir": dir.join("refpm")}}).to_string(),
+    };
+    let portmap = Plugin {
+        label: "ref-portmap",
+        bin: o.ref_dir.join("portmap"),
+        cni_path: o.ref_dir.clone(),
+        conf: serde_json::json!({"cniVersion": "1.0.0", "name": "refpm", "type": "portmap",
+            "capabilities": {"portMappings": true}, "snat": true})
+        .to_string(),
+    };
+    let podnet = |firewall: &'static str, cidr: &str, bridge: &str| {
+        Plugin {
+        label: firewall,
+        bin: o.plugin.clone(),
+        cni_path: o.plugin.parent().map(PathBuf::from).unwrap_or_default(),
+        conf: serde_json::json!({"cniVersion": "1.0.0", "name": format!("pm-{firewall}"), "type": "podnet-cni", "bridge": bridge,
+            "podCIDRs": [cidr], "mtu": 1500, "dataDir": dir.join(firewall), "firewall": firewall,
+            "capabilities": {"portMappings": true}}).to_string(),
+    }
+    };
+    let runs: Vec<(&str, Vec<Plugin>)> = vec![
+        ("bridge + portmap", vec![bridge, portmap]),
+        (
+            "podnet, nftables",
+            vec![podnet("nftables", "10.248.0.0/24", "pnpm0")],
+        ),
+        (
+            "podnet, iptables-nft",
+            vec![podnet("iptables-nft", "10.247.0.0/24", "pnpm1")],
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (label, chain) in &runs {
+        let pods = Pods::new(&format!("pm{}", rows.len()), o.pods)?;
+        let runtime = |i: usize| serde_json::json!({"portMappings": [{"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"}]});
+        // Warm-up outside the measurement.
+        invoke_chain(chain, "ADD", "pmwarm", &pods.path(0), &runtime(9999))?;
+        invoke_chain(chain, "DEL", "pmwarm", &pods.path(0), &runtime(9999))?;
+        let mut add = Vec::new();
+        let mut del = Vec::new();
+        for i in 0..o.pods {
+            add.push(invoke_chain(
+                chain,
+                "ADD",
+                &format!("m{i}"),
+                &pods.path(i),
+                &runtime(i),
+            )?);
+        }
+        for i in 0..o.pods {
+            del.push(invoke_chain(
+                chain,
+                "DEL",
+                &format!("m{i}"),
+                &pods.path(i),
+                &runtime(i),
+            )?);
+        }
+        rows.push((label.to_string(), add, del));
+    }
+    println!(
+        "\none hostPort per pod, {} pods sequential: median ms (p90)",
+        o.pods
+    );
+    let (mut ra, mut rd) = (rows[0].1.clone(), rows[0].2.clone());
+    let (ram, rdm) = (pct(&mut ra, 0.5), pct(&mut rd, 0.5));
+    for (label, mut add, mut del) in rows {
+        let (am, dm) = (pct(&mut add, 0.5), pct(&mut del, 0.5));
+        println!(
+            "{label:<24} ADD {am:>6.2} ({:>5.2}) {:>5.2}x   DEL {dm:>6.2} ({:>5.2}) {:>5.2}x",
+            pct(&mut add, 0.9),
+            am / ram,
+            pct(&mut del, 0.9),
+            dm / rdm
+        );
+    }
     Ok(())
 }
 

@@ -1,11 +1,14 @@
 //! Benchmark: podnet-daemon programming the routes of N peers (NodeRoutes on the real
 //! API server) into a fresh network namespace, against the floor — `ip -batch` adding
-//! the same N routes into an identical namespace. Also: the daemon's peak RSS, and the
-//! CPU time of a periodic check that finds nothing to change.
+//! the same N routes into an identical namespace. Also: the daemon's peak RSS, the CPU
+//! time of a periodic check that finds nothing to change, and the time a
+//! `nonMasqueradeCIDRs` edit takes to reach the firewall, against the firewall tool
+//! applying the same change by hand.
 //!
 //! ```text
 //! cargo build --release -p podnet-daemon -p podnet-lab
-//! target/release/bench-daemon [--peers 5000] [--runs 3] [--daemon target/release/podnet-daemon]
+//! target/release/bench-daemon [--peers 5000] [--runs 3] [--firewall nftables|iptables]
+//!     [--non-masq 100] [--daemon target/release/podnet-daemon]
 //! ```
 
 use std::path::PathBuf;
@@ -108,6 +111,80 @@ struct Cli {
     /// The daemon binary to measure.
     #[arg(long, default_value = "target/release/podnet-daemon")]
     daemon: PathBuf,
+    /// The daemon's `--firewall` (nftables or iptables).
+    #[arg(long, default_value = "nftables")]
+    firewall: String,
+    /// nonMasqueradeCIDRs in the PodNetwork.
+    #[arg(long, default_value_t = 100)]
+    non_masq: usize,
+    /// nonMasqueradeCIDRs edits timed per run.
+    #[arg(long, default_value_t = 5)]
+    edits: usize,
+}
+
+/// The i-th nonMasqueradeCIDR (edit `gen` of the list: the last entry changes).
+fn non_masq(n: usize, generation: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i + 1 == n {
+                format!("100.{}.{}.0/24", 64 + generation / 256, generation % 256)
+            } else {
+                format!("172.{}.{}.0/24", 16 + i / 256, i % 256)
+            }
+        })
+        .collect()
+}
+
+/// podnet's masquerade setup in `ns`, as the firewall tool prints it.
+fn firewall_dump(ns: &str, firewall: &str) -> anyhow::Result<String> {
+    let args: Vec<&str> = if firewall == "nftables" {
+        vec![
+            "ip", "netns", "exec", ns, "nft", "list", "table", "inet", "podnet",
+        ]
+    } else {
+        vec!["ip", "netns", "exec", ns, "iptables-nft-save", "-t", "nat"]
+    };
+    Ok(podnet_lab::run_ok(&args)?)
+}
+
+/// The same edit applied with the firewall tool alone (the anchor): the exempt set's
+/// elements replaced in one `nft` transaction, or the whole chain in one
+/// `iptables-restore --noflush`, exactly what podnet-daemon writes. Returns seconds.
+fn tool_edit(ns: &str, firewall: &str, cidrs: &[String]) -> anyhow::Result<f64> {
+    let script = if firewall == "nftables" {
+        format!(
+            "flush set inet podnet no-masq4\nadd element inet podnet no-masq4 {{ 10.0.0.0/8, {} }}\n",
+            cidrs.join(", ")
+        )
+    } else {
+        let mut s = String::from("*nat\n:PODNET-MASQ - [0:0]\n");
+        for c in std::iter::once("10.0.0.0/8").chain(cidrs.iter().map(String::as_str)) {
+            s.push_str(&format!(
+                "-A PODNET-MASQ -s 10.255.255.0/24 -d {c} -j RETURN\n"
+            ));
+        }
+        s.push_str("-A PODNET-MASQ -s 10.255.255.0/24 -j MASQUERADE\nCOMMIT\n");
+        s
+    };
+    let (tool, args): (&str, Vec<&str>) = if firewall == "nftables" {
+        ("nft", vec!["-f", "-"])
+    } else {
+        ("iptables-nft-restore", vec!["--noflush"])
+    };
+    let start = Instant::now();
+    let out = podnet_lab::output_with_input(
+        Command::new("ip")
+            .args(["netns", "exec", ns, tool])
+            .args(&args),
+        &script,
+    )?;
+    let took = start.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
 }
 
 #[tokio::main]
@@ -116,7 +193,15 @@ async fn main() -> anyhow::Result<()> {
         peers,
         runs,
         daemon,
+        firewall,
+        non_masq: n_masq,
+        edits,
     } = clap::Parser::parse();
+    ensure!(
+        firewall == "nftables" || firewall == "iptables",
+        "--firewall is nftables or iptables"
+    );
+    ensure!(n_masq >= 1, "--non-masq must be at least 1");
     ensure!(
         daemon.is_file(),
         "{} missing: cargo build --release -p podnet-daemon",
@@ -124,14 +209,23 @@ async fn main() -> anyhow::Result<()> {
     );
     let cp = start_with_crds().await?;
     let client = cp.client().await?;
-    let pn = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"default"},"spec":{"cidrs":["10.0.0.0/8"],"masquerade":{"enabled":true}}});
-    Api::<PodNetwork>::all(client.clone())
-        .patch(
-            "default",
-            &PatchParams::apply("bench").force(),
-            &Patch::Apply(pn),
-        )
-        .await?;
+    let pn_api = Api::<PodNetwork>::all(client.clone());
+    let set_non_masq = |generation: usize| {
+        let pn_api = pn_api.clone();
+        async move {
+            let pn = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"default"},
+                "spec":{"cidrs":["10.0.0.0/8"],"masquerade":{"enabled":true,"nonMasqueradeCIDRs": non_masq(n_masq, generation)}}});
+            pn_api
+                .patch(
+                    "default",
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(pn),
+                )
+                .await
+                .map(drop)
+        }
+    };
+    set_non_masq(0).await?;
     let api: Api<NodeRoute> = Api::all(client.clone());
     let mut all: Vec<usize> = (0..peers).collect();
     all.push(usize::MAX); // the daemon's own node
@@ -167,6 +261,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&batch, text)?;
     let (mut floors, mut daemons) = (Vec::new(), Vec::new());
     let (mut hwm_max, mut check_ms) = (0u64, Vec::new());
+    let (mut edit_daemon, mut edit_tool) = (Vec::new(), Vec::new());
+    let mut generation = 0;
     for run in 1..=runs {
         let ns = Ns::new("floor")?;
         let start = Instant::now();
@@ -200,6 +296,8 @@ async fn main() -> anyhow::Result<()> {
             .arg(conf_dir.join("state"))
             .arg("--ipam-dir")
             .arg(conf_dir.join("ipam"))
+            .arg("--firewall")
+            .arg(&firewall)
             .env("KUBECONFIG", cp.kubeconfig())
             .stdin(Stdio::null())
             .spawn()?;
@@ -221,6 +319,35 @@ async fn main() -> anyhow::Result<()> {
         let (c1, hwm) = proc_stat(child.id());
         let tick_ms = 1000.0 / 100.0; // USER_HZ
         let per_check = (c1 - c0) as f64 * tick_ms / 5.0;
+        // nonMasqueradeCIDRs edits: from the PATCH to the rule in the kernel.
+        let anchor_ns = Ns::new("anchor")?;
+        let dump = firewall_dump(&ns.0, &firewall)?;
+        if firewall == "nftables" {
+            podnet_lab::output_with_input(
+                Command::new("ip").args(["netns", "exec", &anchor_ns.0, "nft", "-f", "-"]),
+                &dump,
+            )?;
+        }
+        for _ in 0..edits {
+            generation += 1;
+            let want = non_masq(n_masq, generation);
+            let marker = want[n_masq - 1].clone();
+            let start = Instant::now();
+            set_non_masq(generation).await?;
+            loop {
+                if firewall_dump(&ns.0, &firewall)?.contains(&marker) {
+                    break;
+                }
+                ensure!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the edit did not arrive in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            edit_daemon.push(start.elapsed().as_secs_f64());
+            edit_tool.push(tool_edit(&anchor_ns.0, &firewall, &want)?);
+        }
+        drop(anchor_ns);
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&conf_dir);
@@ -241,12 +368,36 @@ async fn main() -> anyhow::Result<()> {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        (lo, hi)
+    };
     let (f, d) = (med(floors), med(daemons));
     println!(
-        "peers {peers}: median ip -batch {f:.3} s, median daemon {d:.3} s, ratio {:.2}x, idle check median {:.1} ms CPU, peak RSS max {:.1} MiB",
+        "peers {peers}, firewall {firewall}: median ip -batch {f:.3} s, median daemon {d:.3} s, ratio {:.2}x, idle check median {:.1} ms CPU (spread {:.1}-{:.1}), peak RSS max {:.1} MiB",
         d / f,
-        med(check_ms),
+        med(check_ms.clone()),
+        spread(&check_ms).0,
+        spread(&check_ms).1,
         hwm_max as f64 / 1024.0
+    );
+    let (ed, et) = (med(edit_daemon.clone()), med(edit_tool.clone()));
+    println!(
+        "nonMasqueradeCIDRs edit ({n_masq} CIDRs, {} edits): PATCH to kernel median {:.1} ms (spread {:.1}-{:.1}); {} alone median {:.1} ms (spread {:.1}-{:.1}); ratio {:.1}x",
+        edit_daemon.len(),
+        ed * 1e3,
+        spread(&edit_daemon).0 * 1e3,
+        spread(&edit_daemon).1 * 1e3,
+        if firewall == "nftables" {
+            "nft -f"
+        } else {
+            "iptables-nft-restore"
+        },
+        et * 1e3,
+        spread(&edit_tool).0 * 1e3,
+        spread(&edit_tool).1 * 1e3,
+        ed / et
     );
     Ok(())
 }

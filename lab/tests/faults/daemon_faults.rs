@@ -68,19 +68,9 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         run_ok(&[
             "ip", "-n", &n2.netns, "-6", "route", "flush", "proto", "233",
         ])?;
-        // The whole masquerade setup goes, hook and chain, in one transaction per family
-        // (the node's daemon is running and may repair it at any moment).
-        for tool in ["iptables-restore", "ip6tables-restore"] {
-            let out = podnet_lab::output_with_input(
-                std::process::Command::new("ip").args(["netns", "exec", &n2.netns, tool, "--noflush"]),
-                "*nat\n-D POSTROUTING -m comment --comment \"podnet masquerade\" -j PODNET-MASQ\n-F PODNET-MASQ\n-X PODNET-MASQ\nCOMMIT\n",
-            )?;
-            ensure!(
-                out.status.success(),
-                "{tool}: removing the masquerade setup: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        // The whole masquerade setup goes: iptables hook and chain in one transaction
+        // per family, or the nftables table (the daemon may repair it at any moment).
+        remove_masquerade(&n2.netns)?;
         anyhow::Ok(())
     }
     .await;
@@ -106,6 +96,6 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
     delete_nodes(&client, &burst).await?;
     Ok(Outcome::default()
         .count("IPv4 podnet routes in node-1's kernel when its daemon was killed (2 before the burst of 40 peers)", seen)
-        .took("every route, the PODNET-MASQ chain, its rules and its hook restored (resync 5 s) in", repaired)
+        .took("every route and the masquerade setup (node-2: the nftables table) restored (resync 5 s) in", repaired)
         .held("node-3's pods kept forwarding while its daemon was stopped (SIGTERM, as in a rolling update) and restarted"))
 }

@@ -20,16 +20,22 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
     let outcome = async {
         // The reboot: the kernel forgets podnet's routes and rules.
         for fam in ["-4", "-6"] {
-            run_ok(&["ip", fam, "-n", &node.netns, "route", "flush", "proto", "233"])?;
+            run_ok(&[
+                "ip",
+                fam,
+                "-n",
+                &node.netns,
+                "route",
+                "flush",
+                "proto",
+                "233",
+            ])?;
         }
-        for tool in ["iptables-restore", "ip6tables-restore"] {
-            let out = podnet_lab::output_with_input(
-                std::process::Command::new("ip").args(["netns", "exec", &node.netns, tool, "--noflush"]),
-                "*nat\n-D POSTROUTING -m comment --comment \"podnet masquerade\" -j PODNET-MASQ\n-F PODNET-MASQ\n-X PODNET-MASQ\nCOMMIT\n",
-            )?;
-            ensure!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        ensure!(kernel_state(&node.netns)?.is_empty(), "the reboot left podnet state");
+        remove_masquerade(&node.netns)?;
+        ensure!(
+            kernel_state(&node.netns)?.is_empty(),
+            "the reboot left podnet state"
+        );
         let t = Instant::now();
         let pid = cluster::spawn_daemon(state, &node)?;
         state.nodes[1].daemon_pid = pid;
@@ -42,7 +48,11 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         .await?;
         let restored = t.elapsed();
         let (m, ok, total) = cluster::matrix(state);
-        ensure!(ok == total, "with the API server down, {} of {total} paths failed after the restart:\n{m}", total - ok);
+        ensure!(
+            ok == total,
+            "with the API server down, {} of {total} paths failed after the restart:\n{m}",
+            total - ok
+        );
         anyhow::Ok((restored, total))
     }
     .await;

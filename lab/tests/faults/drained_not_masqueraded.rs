@@ -55,10 +55,7 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
     let routes_before: Vec<Vec<String>> = state
         .nodes
         .iter()
-        .map(|n| {
-            kernel_state(&n.netns)
-                .map(|k| k.into_iter().filter(|l| !l.contains("PODNET")).collect())
-        })
+        .map(|n| podnet_routes(&n.netns))
         .collect::<anyhow::Result<_>>()?;
     let drained: Vec<String> = original
         .iter()
@@ -96,7 +93,7 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         let routes_now: Vec<Vec<String>> = state
             .nodes
             .iter()
-            .map(|n| kernel_state(&n.netns).map(|k| k.into_iter().filter(|l| !l.contains("PODNET")).collect()))
+            .map(|n| podnet_routes(&n.netns))
             .collect::<anyhow::Result<_>>()?;
         ensure!(routes_now == routes_before, "routes changed when the pool started draining");
         let seen = sources()?;

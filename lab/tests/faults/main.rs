@@ -91,7 +91,7 @@ fn main() -> std::process::ExitCode {
         ),
         (
             "daemon_killed_mid_sync_and_state_deleted_by_hand",
-            "podnet-daemon SIGKILLed mid-sync and restarted; routes and the PODNET-MASQ chain and hook deleted by hand",
+            "podnet-daemon SIGKILLed mid-sync and restarted; routes and the masquerade setup (iptables chain and hook, or nftables table) deleted by hand",
             scenario!(daemon_faults),
         ),
         (

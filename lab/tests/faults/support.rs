@@ -271,6 +271,14 @@ pub async fn probe_routed(state: &LabState, client: &Client, name: &str) -> anyh
 /// A node's podnet routes (both families) and masquerade rules, sorted.
 pub fn kernel_state(netns: &str) -> anyhow::Result<Vec<String>> {
     let mut out = masq_rules(netns)?;
+    out.extend(podnet_routes(netns)?);
+    out.sort();
+    Ok(out)
+}
+
+/// A node's podnet routes (protocol 233, both families), sorted.
+pub fn podnet_routes(netns: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
     for fam in ["-4", "-6"] {
         out.extend(
             run_ok(&["ip", fam, "-n", netns, "route", "show", "proto", "233"])?
@@ -282,6 +290,8 @@ pub fn kernel_state(netns: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// podnet's masquerade setup in a node: its iptables rules (both families) and its
+/// nftables table, whichever the node's daemon uses, one line each, sorted.
 pub fn masq_rules(netns: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for tool in ["iptables-save", "ip6tables-save"] {
@@ -295,6 +305,48 @@ pub fn masq_rules(netns: &str) -> anyhow::Result<Vec<String>> {
                 }),
         );
     }
+    if nft_table_exists(netns)? {
+        let table = run_ok(&[
+            "ip", "netns", "exec", netns, "nft", "list", "table", "inet", "podnet",
+        ])?;
+        out.extend(table.lines().map(|l| format!("nft: {}", l.trim())));
+    }
     out.sort();
     Ok(out)
+}
+
+fn nft_table_exists(netns: &str) -> anyhow::Result<bool> {
+    let tables = run_ok(&[
+        "ip", "netns", "exec", netns, "nft", "list", "tables", "inet",
+    ])?;
+    Ok(tables.lines().any(|l| l.trim() == "table inet podnet"))
+}
+
+/// Removes podnet's whole masquerade setup from a node by hand, as an admin (or a
+/// reboot) would: the iptables hook and chain in one transaction per family, and the
+/// nftables table.
+pub fn remove_masquerade(netns: &str) -> anyhow::Result<()> {
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
+        if !run_ok(&["ip", "netns", "exec", netns, save, "-t", "nat"])?.contains(":PODNET-MASQ") {
+            continue;
+        }
+        let out = podnet_lab::output_with_input(
+            std::process::Command::new("ip").args(["netns", "exec", netns, restore, "--noflush"]),
+            "*nat\n-D POSTROUTING -m comment --comment \"podnet masquerade\" -j PODNET-MASQ\n-F PODNET-MASQ\n-X PODNET-MASQ\nCOMMIT\n",
+        )?;
+        ensure!(
+            out.status.success(),
+            "{restore}: removing the masquerade setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if nft_table_exists(netns)? {
+        run_ok(&[
+            "ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "podnet",
+        ])?;
+    }
+    Ok(())
 }

@@ -1,0 +1,673 @@
+//! hostPort mappings (the CNI `portMappings` capability), programmed by podnet-cni in
+//! the backend the node's daemon chose.
+//!
+//! The whole node's mappings are rendered from the plugin's per-attachment records and
+//! written in one transaction each time they change, so the firewall always holds
+//! exactly the records — nothing half-added, nothing left from a crashed ADD once DEL
+//! or GC has run. Each rule carries its attachment's host veth name as comment.
+//!
+//! ```text
+//! table inet podnet-hostports {
+//!   chain prerouting  { nat prerouting dstnat: fib daddr type local jump hostports }
+//!   chain output      { nat output -100: the same, but not for loopback destinations }
+//!   chain hostports   { [ip daddr <hostIP>] tcp dport <hostPort> dnat ip to <pod>:<port> }
+//!   chain postrouting { nat postrouting srcnat: a pod of this node reaching a hostPort
+//!                       (its own: hairpin) is masqueraded, so the reply comes back
+//!                       through the host and is un-DNATed }
+//! }
+//! ```
+//!
+//! iptables: chains `PODNET-HOSTPORTS` (jumped to from PREROUTING and OUTPUT for local
+//! destinations) and `PODNET-HOSTPORTS-MASQ` (from POSTROUTING), per family, replaced as a
+//! whole with one `iptables-restore --noflush`.
+//!
+//! Everything but [`program`], [`remove_from`] and [`verify`] is pure.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::iptables::{Iptables, Owned, Variant};
+use crate::{Backend, FirewallError, Runner};
+
+/// The nftables table.
+pub const TABLE: &str = "podnet-hostports";
+/// The iptables DNAT chain.
+pub const CHAIN: &str = "PODNET-HOSTPORTS";
+/// The iptables masquerade chain (local pods reaching a hostPort).
+pub const MASQ_CHAIN: &str = "PODNET-HOSTPORTS-MASQ";
+
+const HOOKS4: [&str; 3] = [
+    "-A PREROUTING -m comment --comment \"podnet hostports\" -m addrtype --dst-type LOCAL -j PODNET-HOSTPORTS",
+    "-A OUTPUT ! -d 127.0.0.0/8 -m comment --comment \"podnet hostports\" -m addrtype --dst-type LOCAL -j PODNET-HOSTPORTS",
+    "-A POSTROUTING -m comment --comment \"podnet hostports\" -j PODNET-HOSTPORTS-MASQ",
+];
+const HOOKS6: [&str; 3] = [
+    "-A PREROUTING -m comment --comment \"podnet hostports\" -m addrtype --dst-type LOCAL -j PODNET-HOSTPORTS",
+    "-A OUTPUT ! -d ::1/128 -m comment --comment \"podnet hostports\" -m addrtype --dst-type LOCAL -j PODNET-HOSTPORTS",
+    "-A POSTROUTING -m comment --comment \"podnet hostports\" -j PODNET-HOSTPORTS-MASQ",
+];
+
+fn owned(v6: bool) -> Owned<'static> {
+    Owned {
+        chains: &[CHAIN, MASQ_CHAIN],
+        hooks: if v6 { &HOOKS6 } else { &HOOKS4 },
+    }
+}
+
+/// A transport protocol a hostPort can map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The name nft and iptables use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+/// One entry of `runtimeConfig.portMappings`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// The node's port.
+    pub host_port: u16,
+    /// The pod's port.
+    pub container_port: u16,
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
+    /// Only this node address (`None`: every local address of the family, or of both
+    /// families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+}
+
+impl PortMapping {
+    /// Parses and validates one runtime entry (`{"hostPort": 8080, "containerPort": 80,
+    /// "protocol": "tcp", "hostIP": ""}`; protocol defaults to TCP, an empty or
+    /// unspecified hostIP means every address).
+    ///
+    /// Keys match case-insensitively, as Go's `encoding/json` (which the reference
+    /// plugins use) matches them: containerd's go-cni sends `HostPort`, `ContainerPort`,
+    /// `Protocol` and `HostIP`.
+    pub fn from_runtime(v: &Value) -> Result<Self, String> {
+        let field = |key: &str| -> Option<&Value> {
+            v.as_object()?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        };
+        let port = |key: &str| -> Result<u16, String> {
+            let n = field(key)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("{key} is missing or not a number in {v}"))?;
+            u16::try_from(n)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{key} {n} is outside 1..65535"))
+        };
+        let host_port = port("hostPort")?;
+        let container_port = port("containerPort")?;
+        let protocol = match field("protocol").and_then(Value::as_str) {
+            None | Some("") => Protocol::Tcp,
+            Some(p) => match p.to_ascii_lowercase().as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "sctp" => Protocol::Sctp,
+                _ => return Err(format!("protocol {p:?} is not TCP, UDP or SCTP")),
+            },
+        };
+        let host_ip = match field("hostIP").and_then(Value::as_str) {
+            None | Some("") => None,
+            Some(s) => {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| format!("hostIP {s:?} is not an IP address"))?;
+                (!ip.is_unspecified()).then_some(ip)
+            }
+        };
+        if host_ip.is_some_and(|ip| ip.is_loopback() || ip.is_multicast()) {
+            return Err(format!(
+                "hostIP {} cannot take a hostPort (loopback or multicast)",
+                host_ip.map(|i| i.to_string()).unwrap_or_default()
+            ));
+        }
+        Ok(Self {
+            host_port,
+            container_port,
+            protocol,
+            host_ip,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "hostPort {}/{} on {}",
+            self.host_port,
+            self.protocol.as_str().to_uppercase(),
+            self.host_ip
+                .map_or_else(|| "every node address".to_string(), |ip| ip.to_string())
+        )
+    }
+}
+
+/// One attachment's mappings, as podnet-cni records them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// Its host veth name: the rules' comment.
+    pub owner: String,
+    /// The container ID (for messages).
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The pod's addresses.
+    pub ips: Vec<IpAddr>,
+    /// Its mappings.
+    pub mappings: Vec<PortMapping>,
+}
+
+/// One DNAT: a mapping applied to one pod address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dnat<'a> {
+    /// The attachment.
+    pub owner: &'a str,
+    /// The mapping.
+    pub mapping: &'a PortMapping,
+    /// The pod address it leads to.
+    pub pod_ip: IpAddr,
+}
+
+impl Attachment {
+    /// Every DNAT of this attachment: each mapping to each pod address of its family
+    /// (a mapping with a hostIP only to the address of that family).
+    pub fn dnats(&self) -> Vec<Dnat<'_>> {
+        let mut out = Vec::new();
+        for m in &self.mappings {
+            for ip in &self.ips {
+                if m.host_ip.is_none_or(|h| h.is_ipv6() == ip.is_ipv6()) {
+                    out.push(Dnat {
+                        owner: &self.owner,
+                        mapping: m,
+                        pod_ip: *ip,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Why these mappings cannot be programmed on their own (a hostIP of a family the
+    /// pod has no address of, or one mapping given twice).
+    pub fn validate(&self) -> Result<(), String> {
+        for m in &self.mappings {
+            if let Some(h) = m.host_ip
+                && !self.ips.iter().any(|ip| ip.is_ipv6() == h.is_ipv6())
+            {
+                return Err(format!(
+                    "{}: the pod has no {} address",
+                    m.describe(),
+                    if h.is_ipv6() { "IPv6" } else { "IPv4" }
+                ));
+            }
+        }
+        let mine = self.dnats();
+        for (i, a) in mine.iter().enumerate() {
+            if mine[..i].iter().any(|b| clash(a, b)) {
+                return Err(format!("{} is mapped twice", a.mapping.describe()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two DNATs that would catch the same packets: same family, protocol and port, and
+/// overlapping addresses (either on every address, or the same one).
+fn clash(a: &Dnat<'_>, b: &Dnat<'_>) -> bool {
+    a.pod_ip.is_ipv6() == b.pod_ip.is_ipv6()
+        && a.mapping.protocol == b.mapping.protocol
+        && a.mapping.host_port == b.mapping.host_port
+        && (a.mapping.host_ip.is_none()
+            || b.mapping.host_ip.is_none()
+            || a.mapping.host_ip == b.mapping.host_ip)
+}
+
+/// The first of `new`'s mappings another attachment already holds, described.
+pub fn conflict(new: &Attachment, others: &[Attachment]) -> Option<String> {
+    for a in new.dnats() {
+        for other in others.iter().filter(|o| o.owner != new.owner) {
+            if let Some(b) = other.dnats().iter().find(|b| clash(&a, b)) {
+                return Some(format!(
+                    "{} is taken on this node by container {} ({})",
+                    a.mapping.describe(),
+                    other.container_id,
+                    b.mapping.describe()
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn nft_dnat(d: &Dnat<'_>) -> String {
+    let m = d.mapping;
+    let (fam, to) = match d.pod_ip {
+        IpAddr::V4(ip) => ("ip", format!("{ip}:{}", m.container_port)),
+        IpAddr::V6(ip) => ("ip6", format!("[{ip}]:{}", m.container_port)),
+    };
+    let dst = match m.host_ip {
+        Some(h) => format!("{fam} daddr {h}"),
+        None => format!(
+            "meta nfproto {}",
+            if d.pod_ip.is_ipv6() { "ipv6" } else { "ipv4" }
+        ),
+    };
+    format!(
+        "{dst} {proto} dport {hp} dnat {fam} to {to} comment \"{owner}\"",
+        proto = m.protocol.as_str(),
+        hp = m.host_port,
+        owner = d.owner
+    )
+}
+
+fn nft_masq(d: &Dnat<'_>, cidr: &IpNet) -> String {
+    let m = d.mapping;
+    let fam = if d.pod_ip.is_ipv6() { "ip6" } else { "ip" };
+    format!(
+        "{fam} saddr {cidr} {fam} daddr {ip} {proto} dport {cp} ct status dnat ct original proto-dst {hp} masquerade comment \"{owner}\"",
+        ip = d.pod_ip,
+        proto = m.protocol.as_str(),
+        cp = m.container_port,
+        hp = m.host_port,
+        owner = d.owner
+    )
+}
+
+fn local_cidr(pod_cidrs: &[IpNet], ip: IpAddr) -> Option<&IpNet> {
+    pod_cidrs.iter().find(|c| c.contains(&ip))
+}
+
+/// The rules of the `hostports` and `postrouting` chains, as `nft list` prints them.
+pub fn nft_rules(all: &[Attachment], pod_cidrs: &[IpNet]) -> (Vec<String>, Vec<String>) {
+    let mut dnat = Vec::new();
+    let mut masq = Vec::new();
+    for a in all {
+        for d in a.dnats() {
+            dnat.push(nft_dnat(&d));
+            if let Some(c) = local_cidr(pod_cidrs, d.pod_ip) {
+                masq.push(nft_masq(&d, c));
+            }
+        }
+    }
+    (dnat, masq)
+}
+
+/// The `nft -f` script that makes the table hold exactly `all`'s mappings (deleting it
+/// when there are none), in one transaction.
+pub fn render_nft(all: &[Attachment], pod_cidrs: &[IpNet]) -> String {
+    let (dnat, masq) = nft_rules(all, pod_cidrs);
+    let mut s = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+    if dnat.is_empty() {
+        return s;
+    }
+    s.push_str(&format!("table inet {TABLE} {{\n"));
+    s.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump hostports\n  }\n");
+    s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n    ip daddr != 127.0.0.0/8 fib daddr type local jump hostports\n    ip6 daddr != ::1 fib daddr type local jump hostports\n  }\n");
+    s.push_str("  chain hostports {\n");
+    for r in &dnat {
+        s.push_str(&format!("    {r}\n"));
+    }
+    s.push_str("  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+    for r in &masq {
+        s.push_str(&format!("    {r}\n"));
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// The two chains' rules for one family, exactly as `iptables-save` prints them (a
+/// comment without spaces unquoted).
+pub fn iptables_rules(all: &[Attachment], pod_cidrs: &[IpNet], v6: bool) -> Vec<Vec<String>> {
+    let mut dnat = Vec::new();
+    let mut masq = Vec::new();
+    for a in all {
+        for d in a.dnats().into_iter().filter(|d| d.pod_ip.is_ipv6() == v6) {
+            let m = d.mapping;
+            let p = m.protocol.as_str();
+            let host = m
+                .host_ip
+                .map(|h| format!(" -d {h}/{}", if v6 { 128 } else { 32 }))
+                .unwrap_or_default();
+            let to = if v6 {
+                format!("[{}]:{}", d.pod_ip, m.container_port)
+            } else {
+                format!("{}:{}", d.pod_ip, m.container_port)
+            };
+            dnat.push(format!(
+                "-A {CHAIN}{host} -p {p} -m comment --comment {o} -m {p} --dport {hp} -j DNAT --to-destination {to}",
+                o = d.owner,
+                hp = m.host_port
+            ));
+            if let Some(c) = local_cidr(pod_cidrs, d.pod_ip) {
+                masq.push(format!(
+                    "-A {MASQ_CHAIN} -s {c} -d {ip}/{bits} -p {p} -m comment --comment {o} -m {p} --dport {cp} -m conntrack --ctstate DNAT --ctorigdstport {hp} -j MASQUERADE",
+                    ip = d.pod_ip,
+                    bits = if v6 { 128 } else { 32 },
+                    o = d.owner,
+                    cp = m.container_port,
+                    hp = m.host_port
+                ));
+            }
+        }
+    }
+    vec![dnat, masq]
+}
+
+fn nft_table_exists(runner: &Runner) -> Result<bool, FirewallError> {
+    let tables = runner.run("nft", &["list", "tables", "inet"], None)?;
+    Ok(tables
+        .lines()
+        .any(|l| l.trim() == format!("table inet {TABLE}")))
+}
+
+/// Writes `all` into `backend` (one transaction per table) and removes podnet's
+/// hostPort rules from every other backend, so a node whose firewall changed converges
+/// at the next change.
+pub fn program(
+    backend: Backend,
+    runner: &Runner,
+    all: &[Attachment],
+    pod_cidrs: &[IpNet],
+) -> Result<(), FirewallError> {
+    match Variant::of(backend) {
+        None => {
+            runner.run("nft", &["-f", "-"], Some(&render_nft(all, pod_cidrs)))?;
+        }
+        Some(variant) => {
+            let ipt = Iptables {
+                runner: runner.clone(),
+                variant,
+            };
+            for v6 in [false, true] {
+                let rules = iptables_rules(all, pod_cidrs, v6);
+                let want = (!rules.iter().all(Vec::is_empty)).then_some(rules);
+                ipt.sync(v6, owned(v6), want.as_deref())?;
+            }
+        }
+    }
+    for other in Backend::ALL.into_iter().filter(|b| *b != backend) {
+        remove_from(other, runner)?;
+    }
+    Ok(())
+}
+
+/// Removes podnet's hostPort rules from one backend; whether there were any.
+pub fn remove_from(backend: Backend, runner: &Runner) -> Result<bool, FirewallError> {
+    match Variant::of(backend) {
+        None => {
+            if !nft_table_exists(runner)? {
+                return Ok(false);
+            }
+            runner.run(
+                "nft",
+                &["-f", "-"],
+                Some(&format!("delete table inet {TABLE}\n")),
+            )?;
+            Ok(true)
+        }
+        Some(variant) => {
+            let ipt = Iptables {
+                runner: runner.clone(),
+                variant,
+            };
+            let mut any = false;
+            for v6 in [false, true] {
+                any |= ipt.sync(v6, owned(v6), None)?;
+            }
+            Ok(any)
+        }
+    }
+}
+
+/// CHECK: every rule of `attachment` is in `backend`; else what is missing.
+pub fn verify(
+    backend: Backend,
+    runner: &Runner,
+    attachment: &Attachment,
+    pod_cidrs: &[IpNet],
+) -> Result<(), String> {
+    let one = std::slice::from_ref(attachment);
+    let missing: Vec<String> = match Variant::of(backend) {
+        None => {
+            let listed = runner
+                .run("nft", &["list", "table", "inet", TABLE], None)
+                .map_err(|e| e.to_string())?;
+            let have: Vec<&str> = listed.lines().map(str::trim).collect();
+            let (dnat, masq) = nft_rules(one, pod_cidrs);
+            dnat.into_iter()
+                .chain(masq)
+                .filter(|r| !have.contains(&r.as_str()))
+                .collect()
+        }
+        Some(variant) => {
+            let ipt = Iptables {
+                runner: runner.clone(),
+                variant,
+            };
+            let mut missing = Vec::new();
+            for v6 in [false, true] {
+                let want = iptables_rules(one, pod_cidrs, v6);
+                if want.iter().all(Vec::is_empty) {
+                    continue;
+                }
+                let save = ipt.save_nat(v6).map_err(|e| e.to_string())?;
+                let have: Vec<&str> = save.lines().collect();
+                missing.extend(
+                    want.into_iter()
+                        .flatten()
+                        .chain(owned(v6).hooks.iter().map(|h| h.to_string()))
+                        .filter(|r| !have.contains(&r.as_str())),
+                );
+            }
+            missing
+        }
+    };
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} hostPort rule(s) missing from {backend}: {}",
+            missing.len(),
+            missing.join(" | ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn att(owner: &str, ips: &[&str], mappings: Vec<PortMapping>) -> Attachment {
+        Attachment {
+            owner: owner.into(),
+            container_id: format!("c-{owner}"),
+            ips: ips.iter().filter_map(|s| s.parse().ok()).collect(),
+            mappings,
+        }
+    }
+
+    fn pm(v: Value) -> PortMapping {
+        PortMapping::from_runtime(&v).unwrap_or_else(|e| panic!("{v}: {e}"))
+    }
+
+    #[test]
+    fn runtime_entries_are_validated() {
+        let m = pm(json!({"hostPort": 8080, "containerPort": 80, "protocol": "TCP", "hostIP": ""}));
+        assert_eq!(
+            (m.host_port, m.container_port, m.protocol, m.host_ip),
+            (8080, 80, Protocol::Tcp, None)
+        );
+        assert_eq!(
+            pm(json!({"hostPort": 1, "containerPort": 2})).protocol,
+            Protocol::Tcp
+        );
+        assert_eq!(
+            pm(json!({"hostPort": 1, "containerPort": 2, "hostIP": "0.0.0.0"})).host_ip,
+            None
+        );
+        assert_eq!(
+            pm(json!({"hostPort": 1, "containerPort": 2, "hostIP": "::"})).host_ip,
+            None
+        );
+        assert_eq!(
+            pm(json!({"hostPort": 1, "containerPort": 2, "protocol": "sctp"})).protocol,
+            Protocol::Sctp
+        );
+        for bad in [
+            json!({"hostPort": 0, "containerPort": 80}),
+            json!({"hostPort": 70000, "containerPort": 80}),
+            json!({"hostPort": 80}),
+            json!({"hostPort": "80", "containerPort": 80}),
+            json!({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}),
+            json!({"hostPort": 80, "containerPort": 80, "hostIP": "nope"}),
+            json!({"hostPort": 80, "containerPort": 80, "hostIP": "127.0.0.1"}),
+        ] {
+            assert!(PortMapping::from_runtime(&bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn mappings_apply_per_family_and_conflicts_are_found() {
+        let any = pm(json!({"hostPort": 8080, "containerPort": 80}));
+        let a = att("pna", &["10.244.1.5", "fd00::5"], vec![any.clone()]);
+        assert_eq!(a.dnats().len(), 2, "both families");
+        let v4_only = pm(json!({"hostPort": 8080, "containerPort": 80, "hostIP": "198.18.0.1"}));
+        assert_eq!(
+            att("pnb", &["10.244.1.6", "fd00::6"], vec![v4_only.clone()])
+                .dnats()
+                .len(),
+            1
+        );
+        // Same port on every address vs one address: a conflict; other protocol: none.
+        let b = att("pnb", &["10.244.1.6"], vec![v4_only.clone()]);
+        assert!(conflict(&b, std::slice::from_ref(&a)).is_some_and(|m| m.contains("c-pna")));
+        let udp = att(
+            "pnc",
+            &["10.244.1.7"],
+            vec![pm(
+                json!({"hostPort": 8080, "containerPort": 80, "protocol": "udp"}),
+            )],
+        );
+        assert_eq!(conflict(&udp, &[a.clone(), b.clone()]), None);
+        // Two different hostIPs of one family share a port.
+        let other_ip = att(
+            "pnd",
+            &["10.244.1.8"],
+            vec![pm(
+                json!({"hostPort": 8080, "containerPort": 80, "hostIP": "198.18.0.2"}),
+            )],
+        );
+        assert_eq!(conflict(&other_ip, std::slice::from_ref(&b)), None);
+        // An IPv6-only pod does not clash with an IPv4 hostIP mapping.
+        let v6pod = att("pne", &["fd00::9"], vec![any.clone()]);
+        assert_eq!(conflict(&v6pod, std::slice::from_ref(&b)), None);
+        assert!(conflict(&v6pod, std::slice::from_ref(&a)).is_some());
+        // The same attachment again (a retried ADD) is not a conflict with itself.
+        assert_eq!(conflict(&a, std::slice::from_ref(&a)), None);
+        // Validation: a hostIP of a family the pod lacks, a mapping twice.
+        assert!(att("pnf", &["fd00::1"], vec![v4_only]).validate().is_err());
+        assert!(
+            att("png", &["10.244.1.9"], vec![any.clone(), any])
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn nft_script_is_one_transaction_with_hairpin_masquerade() {
+        let cidrs: Vec<IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap_or_else(|e| panic!("{e}")),
+            "fd00::/64".parse().unwrap_or_else(|e| panic!("{e}")),
+        ];
+        let a = att(
+            "pn0123456789ab",
+            &["10.244.1.5", "fd00::5"],
+            vec![
+                pm(json!({"hostPort": 8080, "containerPort": 80})),
+                pm(
+                    json!({"hostPort": 53, "containerPort": 5353, "protocol": "udp", "hostIP": "198.18.0.1"}),
+                ),
+            ],
+        );
+        let s = render_nft(std::slice::from_ref(&a), &cidrs);
+        assert!(s.starts_with("table inet podnet-hostports\ndelete table inet podnet-hostports\ntable inet podnet-hostports {\n"), "{s}");
+        for want in [
+            "meta nfproto ipv4 tcp dport 8080 dnat ip to 10.244.1.5:80 comment \"pn0123456789ab\"",
+            "meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::5]:80 comment \"pn0123456789ab\"",
+            "ip daddr 198.18.0.1 udp dport 53 dnat ip to 10.244.1.5:5353 comment \"pn0123456789ab\"",
+            "ip saddr 10.244.1.0/24 ip daddr 10.244.1.5 tcp dport 80 ct status dnat ct original proto-dst 8080 masquerade comment \"pn0123456789ab\"",
+            "fib daddr type local jump hostports",
+        ] {
+            assert!(s.contains(want), "missing {want} in\n{s}");
+        }
+        assert!(
+            !s.contains("daddr 198.18.0.1 udp dport 53 dnat ip6"),
+            "a v4 hostIP maps only the v4 address"
+        );
+        // Nothing left: the table is deleted, nothing recreated.
+        assert_eq!(
+            render_nft(&[], &cidrs),
+            "table inet podnet-hostports\ndelete table inet podnet-hostports\n"
+        );
+    }
+
+    #[test]
+    fn iptables_rules_are_what_iptables_save_prints() {
+        let cidrs: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let a = att(
+            "pn0123456789ab",
+            &["10.244.1.5", "fd00::5"],
+            vec![pm(
+                json!({"hostPort": 8080, "containerPort": 80, "protocol": "sctp"}),
+            )],
+        );
+        let v4 = iptables_rules(std::slice::from_ref(&a), &cidrs, false);
+        assert_eq!(
+            v4[0],
+            [
+                "-A PODNET-HOSTPORTS -p sctp -m comment --comment pn0123456789ab -m sctp --dport 8080 -j DNAT --to-destination 10.244.1.5:80"
+            ]
+        );
+        assert_eq!(
+            v4[1],
+            [
+                "-A PODNET-HOSTPORTS-MASQ -s 10.244.1.0/24 -d 10.244.1.5/32 -p sctp -m comment --comment pn0123456789ab -m sctp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -j MASQUERADE"
+            ]
+        );
+        let v6 = iptables_rules(std::slice::from_ref(&a), &cidrs, true);
+        assert_eq!(
+            v6[0],
+            [
+                "-A PODNET-HOSTPORTS -p sctp -m comment --comment pn0123456789ab -m sctp --dport 8080 -j DNAT --to-destination [fd00::5]:80"
+            ]
+        );
+        assert!(
+            v6[1].is_empty(),
+            "no IPv6 pod CIDR given: no masquerade rule"
+        );
+    }
+}
