@@ -68,7 +68,7 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo,
     let bridge = match nl.link_by_name(&conf.bridge)? {
         Some(b) => b,
         None => {
-            match nl.add_bridge(&conf.bridge, mtu) {
+            match nl.add_bridge(&conf.bridge, mtu, bridge_mac(conf)) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(e.into()),
@@ -89,6 +89,10 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo,
             format!("{} exists and is not a bridge", conf.bridge),
         ));
     }
+    if !bridge.up {
+        no_dad_on_new_bridge(conf)?;
+    }
+    pin_bridge_mac(nl, conf, &bridge)?;
     if !bridge.up || bridge.mtu != mtu {
         nl.set_link(bridge.index, true, (bridge.mtu != mtu).then_some(mtu))?;
     }
@@ -101,6 +105,58 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, mtu: u32) -> Result<LinkInfo,
         }
     }
     Ok(bridge)
+}
+
+/// The bridge's MAC: fixed, so it never follows its ports (see
+/// `Netlink::add_bridge`), and readable: `0a:58` (locally administered, unicast)
+/// followed by the IPv4 gateway (10.244.7.1 → 0a:58:0a:f4:07:01), or the last four
+/// bytes of the IPv6 gateway on an IPv6-only node.
+pub fn bridge_mac(conf: &NetConf) -> [u8; 6] {
+    let tail = conf
+        .pod_cidrs
+        .iter()
+        .map(NetConf::gateway)
+        .min_by_key(|g| g.is_ipv6())
+        .map(|g| match g {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                [o[12], o[13], o[14], o[15]]
+            }
+        })
+        .unwrap_or_default();
+    [0x0a, 0x58, tail[0], tail[1], tail[2], tail[3]]
+}
+
+/// A bridge made before podnet-cni fixed its address (or by hand) still has one the
+/// kernel chose and moves with its ports: pin the address it has now, so nothing a pod
+/// cached changes. Read from sysfs, which shows the plugin's network namespace when the
+/// runtime runs it on the node (elsewhere the file is missing and nothing is done).
+fn pin_bridge_mac(nl: &mut Netlink, conf: &NetConf, bridge: &LinkInfo) -> Result<(), CniError> {
+    let path = format!("/sys/class/net/{}/addr_assign_type", conf.bridge);
+    let random = std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == "1");
+    if random && bridge.mac.len() == 6 && bridge.mac != bridge_mac(conf) {
+        nl.set_mac(bridge.index, &bridge.mac)?;
+    }
+    Ok(())
+}
+
+/// No duplicate address detection on a bridge about to come up (a new one is created
+/// down; IPv6 configures it when it comes up): until its link-local address had passed DAD, the host's
+/// neighbour solicitations for pods would go unanswered, and pods could not reach each
+/// other over IPv6 for the bridge's first second or two.
+fn no_dad_on_new_bridge(conf: &NetConf) -> Result<(), CniError> {
+    if !conf.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        return Ok(());
+    }
+    let path = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", conf.bridge);
+    std::fs::write(&path, "0").map_err(|e| {
+        CniError::new(
+            Code::Io,
+            "cannot configure the bridge",
+            format!("{path}: {e}"),
+        )
+    })
 }
 
 /// Turns on forwarding for each family the node has pod CIDRs of. With IPv6, forwarding
@@ -324,6 +380,24 @@ fn host_add(
     ))
 }
 
+/// No duplicate address detection on the pod's interface (this thread is in the pod's
+/// namespace; the interface is still down): its addresses are podnet's to hand out, and
+/// until its link-local address had passed DAD the pod would not answer the host's
+/// neighbour solicitations — unreachable over IPv6 for its first second or two.
+fn no_dad_in_pod(ifname: &str, leases: &[IpNet]) -> Result<(), CniError> {
+    if !leases.iter().any(|l| l.addr().is_ipv6()) {
+        return Ok(());
+    }
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad");
+    std::fs::write(&path, "0").map_err(|e| {
+        CniError::new(
+            Code::Io,
+            "cannot configure the pod's interface",
+            format!("{path}: {e}"),
+        )
+    })
+}
+
 /// Runs on a thread of its own that enters the pod's namespace and ends with the ADD.
 /// Returns the pod interface, or `None` when the host side gave up before the veth.
 fn pod_thread(
@@ -361,11 +435,16 @@ fn pod_thread(
         return Ok(None);
     };
     let link = pod.wait_link_named(ifname, OPER_UP_TIMEOUT)?;
+    no_dad_in_pod(ifname, &leases)?;
+    // Up first: an IPv6 address added to a link that is down joins its solicited-node
+    // group only when the link comes up, after a random delay of up to a second, and
+    // until then the host's neighbour solicitations for it go unanswered.
+    pod.set_link(link.index, true, None)?;
     for lease in &leases {
         pod.add_address(link.index, lease.addr(), lease.prefix_len(), Dad::Skip)?;
     }
-    pod.set_link(link.index, true, None)?;
     for lease in &leases {
+        let gateway = NetConf::gateway(&lease.trunc());
         let dst = if lease.addr().is_ipv4() {
             IpAddr::from([0u8; 4])
         } else {
@@ -374,7 +453,7 @@ fn pod_thread(
         pod.add_route(&Route {
             dst,
             prefix: 0,
-            gateway: Some(NetConf::gateway(&lease.trunc())),
+            gateway: Some(gateway),
             oif: Some(link.index),
             protocol: RTPROT_BOOT,
         })?;

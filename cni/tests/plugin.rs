@@ -273,6 +273,91 @@ fn dual_stack_pods_reach_each_other_through_the_bridge() {
     );
 }
 
+/// The bridge keeps the address podnet-cni gave it while ports come and go. A bridge
+/// with a kernel-chosen address takes the lowest MAC among its ports: a pod leaving
+/// changed the gateway's MAC under every other pod's neighbour cache, and cross-node
+/// traffic from them stopped until their cached entry went stale (seconds).
+#[test]
+fn the_bridge_keeps_its_mac_while_ports_come_and_go() {
+    require_root();
+    let node = Node::new(&["10.244.9.0/24", "fd00:10:244:9::/64"]);
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("pncni-mac")).collect();
+    let mac = |node: &Node| -> String {
+        let v: Value = serde_json::from_slice(
+            &node
+                .ns
+                .exec(&["ip", "-j", "link", "show", "podnet0"])
+                .stdout,
+        )
+        .unwrap_or_default();
+        v[0]["address"].as_str().unwrap_or_default().to_string()
+    };
+    let mut seen = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        node.add(&format!("pod-{i}"), p);
+        seen.push(mac(&node));
+    }
+    for (i, p) in pods.iter().enumerate().take(3) {
+        let (ok, v) = node.cni(
+            "DEL",
+            &format!("pod-{i}"),
+            &p.path(),
+            "eth0",
+            &node.conf("1.1.0"),
+        );
+        assert!(ok, "DEL: {v}");
+        seen.push(mac(&node));
+    }
+    assert!(
+        seen.iter().all(|m| m == "0a:58:0a:f4:09:01"),
+        "the bridge's MAC changed as ports came and went: {seen:?}"
+    );
+    let assigned = node
+        .ns
+        .exec(&["cat", "/sys/class/net/podnet0/addr_assign_type"]);
+    assert_eq!(
+        String::from_utf8_lossy(&assigned.stdout).trim(),
+        "3",
+        "addr_assign_type (3: set by user space, which the kernel keeps)"
+    );
+    let (ok, v) = node.cni("DEL", "pod-3", &pods[3].path(), "eth0", &node.conf("1.1.0"));
+    assert!(ok, "DEL: {v}");
+}
+
+/// A bridge made before podnet-cni fixed bridge addresses keeps the MAC it has (pods
+/// cached it) and has it pinned at the next ADD.
+#[test]
+fn an_existing_bridge_gets_its_current_mac_pinned() {
+    require_root();
+    let node = Node::new(&["10.244.10.0/24"]);
+    let made = node
+        .ns
+        .exec(&["ip", "link", "add", "podnet0", "type", "bridge"]);
+    assert!(made.status.success(), "{made:?}");
+    let read = |what: &str| -> String {
+        String::from_utf8_lossy(
+            &node
+                .ns
+                .exec(&["cat", &format!("/sys/class/net/podnet0/{what}")])
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    };
+    let before = read("address");
+    assert_eq!(
+        read("addr_assign_type"),
+        "1",
+        "a bridge made by hand has a random MAC"
+    );
+    let pod = Netns::new("pncni-pin");
+    node.add("pod-pin", &pod);
+    assert_eq!(read("address"), before, "the bridge's MAC changed");
+    assert_eq!(read("addr_assign_type"), "3", "the MAC is not pinned");
+    let (ok, v) = node.cni("DEL", "pod-pin", &pod.path(), "eth0", &node.conf("1.1.0"));
+    assert!(ok, "DEL: {v}");
+}
+
 #[test]
 fn version_and_results_follow_the_request() {
     require_root();

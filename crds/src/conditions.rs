@@ -81,6 +81,8 @@ pub mod reason {
     pub const QUARANTINED: &str = "Quarantined";
     /// Event (on a peer's NodeRoute, from a daemon): a route to it was refused.
     pub const ROUTE_REJECTED: &str = "RouteRejected";
+    /// Event (on a NetworkPolicy, from a daemon): a part of it is not enforced.
+    pub const POLICY_NOT_ENFORCED: &str = "PolicyNotEnforced";
 }
 
 /// The three values a condition's `status` can take.

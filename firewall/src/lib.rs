@@ -14,6 +14,7 @@
 pub mod hostports;
 pub mod iptables;
 pub mod nftables;
+pub mod policy;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -232,6 +233,26 @@ impl Runner {
             return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A file under `/proc` as the target network namespace sees it (`None`:
+    /// unreadable), e.g. `sys/net/bridge/bridge-nf-call-iptables`.
+    pub fn proc_file(&self, file: &str) -> Option<String> {
+        let path = format!("/proc/{file}");
+        match &self.netns {
+            None => std::fs::read_to_string(path).ok(),
+            Some(_) => self.run("cat", &[&path], None).ok(),
+        }
+    }
+
+    /// Whether bridge netfilter hands bridged IPv4 and IPv6 packets to the IP hooks
+    /// (`net.bridge.bridge-nf-call-iptables` and `-ip6tables` are 1): without it,
+    /// traffic between two pods of a node (bridged) passes no forward hook.
+    pub fn bridge_netfilter(&self) -> bool {
+        ["iptables", "ip6tables"].iter().all(|t| {
+            self.proc_file(&format!("sys/net/bridge/bridge-nf-call-{t}"))
+                .is_some_and(|v| v.trim() == "1")
+        })
     }
 
     /// A file of `/proc/net` as the target namespace sees it (`None`: unreadable).

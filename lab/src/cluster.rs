@@ -282,6 +282,10 @@ pub fn spawn_daemon(state: &LabState, node: &LabNode) -> Result<i32, LabError> {
         "2",
         "--firewall",
         &node.firewall,
+        // The netns lab's pods are made by calling podnet-cni, not through the API:
+        // network policy (tested on the real-node lab) would never know them.
+        "--network-policy",
+        "false",
     ]
     .iter()
     .map(|s| s.to_string())

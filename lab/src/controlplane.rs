@@ -592,7 +592,7 @@ pub(crate) fn stop_pid(pid: i32, bin: &Path) {
 /// Whether `pid` is alive and runs `bin` (guards against a recycled PID). A process
 /// whose binary was rebuilt since it started (`cargo build` during a lab's life) still
 /// counts: the kernel then names its executable `<bin> (deleted)`.
-fn owns_pid(pid: i32, bin: &Path) -> bool {
+pub(crate) fn owns_pid(pid: i32, bin: &Path) -> bool {
     if pid <= 0 {
         return false;
     }

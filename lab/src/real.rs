@@ -33,7 +33,8 @@ pub const POD_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:10:244::/56"];
 /// Port of the HTTP echo service in the workload pods and on the external host.
 pub const ECHO_PORT: u16 = 8080;
 /// The cgroup under which the lab's nodes live (one per lab tag).
-const CGROUP_ROOT: &str = "podnet-lab";
+/// The cgroup every real-node lab lives under (`<hierarchy>/podnet-lab/<tag>/<node>`).
+pub const CGROUP_ROOT: &str = "podnet-lab";
 /// Host sysctls kubelet rewrites when `protectKernelDefaults` is off: recorded at `up`,
 /// restored at `down`.
 const KUBELET_SYSCTLS: [&str; 3] = [
@@ -93,6 +94,116 @@ pub fn load(dir: &Path) -> Result<RealLab, LabError> {
         command: format!("parsing {}", path.display()),
         stderr: e.to_string(),
     })
+}
+
+/// Where every real-node lab registers its state directory (`<REGISTRY>/<tag>`), so a
+/// later lab finds one that was left behind (its owner killed, the machine snapshotted
+/// mid-run) and removes it instead of sharing the lab network with it.
+const REGISTRY: &str = "/run/podnet-labs";
+
+fn register(tag: &str, state_dir: &Path) -> Result<(), LabError> {
+    std::fs::create_dir_all(REGISTRY).map_err(LabError::io("creating", REGISTRY))?;
+    let entry = Path::new(REGISTRY).join(tag);
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    std::fs::write(&entry, dir.as_os_str().as_encoded_bytes())
+        .map_err(LabError::io("writing", entry))
+}
+
+fn unregister(tag: &str) {
+    let _ = std::fs::remove_file(Path::new(REGISTRY).join(tag));
+    let _ = std::fs::remove_dir(REGISTRY);
+}
+
+/// Whether a lab's control plane still runs (its kube-apiserver is alive as our binary).
+fn alive(lab: &RealLab) -> bool {
+    crate::controlplane::owns_pid(
+        lab.control_plane.apiserver_pid,
+        &lab.control_plane.apiserver_bin,
+    )
+}
+
+/// Makes sure the lab network is free on this host before a lab takes it. One real-node
+/// lab runs at a time (its addresses are fixed); a registered lab whose control plane is
+/// gone is removed (`down` from its state), a live one is an error naming it, and an
+/// address or route of the lab network that no registered lab explains is an error
+/// naming the link that holds it. Without this, a lab left behind keeps its route to
+/// 198.18.64.0/24 on the host: the new lab's kubelets reach the API server, its replies
+/// leave by the old link and every node stays unregistered.
+fn claim_network(progress: &mut dyn FnMut(&str, Duration)) -> Result<(), LabError> {
+    let mut candidates: Vec<(String, PathBuf)> = std::fs::read_dir(REGISTRY)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let tag = e.file_name().to_string_lossy().into_owned();
+            let dir = std::fs::read_to_string(e.path()).ok()?;
+            Some((tag, PathBuf::from(dir.trim())))
+        })
+        .collect();
+    // The link that holds the lab network now, if any (`<tag>-h`): a lab from before
+    // the registry keeps its state in /run/<tag>.
+    let holder = lab_network_holder()?;
+    if let Some(tag) = holder.as_deref().and_then(|l| l.strip_suffix("-h"))
+        && !candidates.iter().any(|(t, _)| t == tag)
+    {
+        candidates.push((tag.to_string(), Path::new("/run").join(tag)));
+    }
+    for (tag, dir) in candidates {
+        let started = Instant::now();
+        match load(&dir) {
+            Ok(old) if alive(&old) => {
+                return Err(LabError::Command {
+                    command: "claiming the lab network".into(),
+                    stderr: format!(
+                        "another real-node lab ({tag}, state in {}) is running and holds \
+                         {NET4}.0/24; stop it first (podnet-lab down, or end the test run)",
+                        dir.display()
+                    ),
+                });
+            }
+            Ok(old) => {
+                down(&old);
+                progress(
+                    &format!("removed lab {tag} left behind (state in {})", dir.display()),
+                    started.elapsed(),
+                );
+            }
+            Err(_) => unregister(&tag),
+        }
+    }
+    if let Some(link) = lab_network_holder()? {
+        return Err(LabError::Command {
+            command: "claiming the lab network".into(),
+            stderr: format!(
+                "{NET4}.0/24 is already routed on this host through {link}, which no \
+                 podnet lab state explains; remove that address/route (or the link) first"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The host link that has a route to the lab network, if any.
+fn lab_network_holder() -> Result<Option<String>, LabError> {
+    let out = run_ok(&[
+        "ip",
+        "-4",
+        "-o",
+        "route",
+        "show",
+        "match",
+        &format!("{NET4}.1"),
+    ])?;
+    Ok(out.lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if words.first().is_some_and(|d| *d == "default") {
+            return None;
+        }
+        words
+            .windows(2)
+            .find(|w| w[0] == "dev")
+            .map(|w| w[1].to_string())
+    }))
 }
 
 /// The node tools: kubelet, kube-proxy, containerd, ctr and the runc shim from the tool
@@ -157,7 +268,9 @@ pub async fn up(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     node_tools(&tools_bin)?;
+    claim_network(progress)?;
     std::fs::create_dir_all(state_dir).map_err(LabError::io("creating", state_dir))?;
+    register(tag, state_dir)?;
     let step = Instant::now();
     // The switch and the host's link to it: the control plane listens there.
     let sw = format!("{tag}-sw");
@@ -724,17 +837,25 @@ pub fn pods(lab: &RealLab) -> Result<Vec<PodInfo>, LabError> {
 /// the HTTP (Debian's static busybox `wget` crashes), and the server's answer — an
 /// IPv4 client as `[::ffff:a.b.c.d]` on its dual-stack socket — is made plain.
 pub fn fetch_from(lab: &RealLab, from: &str, target: &str, port: u16) -> Option<String> {
-    let script = format!("printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} {port}");
+    ask_from(lab, from, target, port).ok()
+}
+
+/// As [`fetch_from`], with the reason when nothing answered: kubectl's error (the exec
+/// itself failed) or what `nc` printed (the connection failed).
+pub fn ask_from(lab: &RealLab, from: &str, target: &str, port: u16) -> Result<String, String> {
+    let script =
+        format!("printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} {port} 2>&1");
     let out = kubectl(
         lab,
         &["exec", "-n", "lab", from, "--", "sh", "-c", &script],
         "",
     )
-    .ok()?;
+    .map_err(|e| format!("kubectl exec failed: {e}"))?;
     out.lines()
         .map(str::trim)
         .rfind(|l| l.starts_with('['))
         .map(plain_address)
+        .ok_or_else(|| format!("no answer: {:?}", out.trim()))
 }
 
 /// `[::ffff:10.0.0.1]` → `10.0.0.1`, `[fd00::1]` → `fd00::1`.
@@ -889,4 +1010,5 @@ pub fn down(lab: &RealLab) {
         let _ = std::fs::remove_dir(d);
     }
     let _ = std::fs::remove_dir_all(&lab.dir);
+    unregister(&lab.tag);
 }

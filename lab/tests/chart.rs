@@ -618,6 +618,26 @@ async fn rbac_is_least_privilege(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
                 false,
             ),
             (&["get", "nodes"], false),
+            (&["watch", "pods", "--all-namespaces"], true),
+            (&["watch", "namespaces"], true),
+            (
+                &[
+                    "watch",
+                    "networkpolicies.networking.k8s.io",
+                    "--all-namespaces",
+                ],
+                true,
+            ),
+            (&["create", "pods", "-n", "default"], false),
+            (
+                &[
+                    "update",
+                    "networkpolicies.networking.k8s.io",
+                    "-n",
+                    "default",
+                ],
+                false,
+            ),
             (&["create", "events.events.k8s.io", "-n", "default"], true),
             (&["delete", "events.events.k8s.io", "-n", "default"], false),
             (&["get", "secrets", "-n", ns], false),

@@ -154,12 +154,16 @@ impl Netlink {
             .collect())
     }
 
-    /// Creates bridge `name` (up, with `mtu`). Fails with EEXIST when it exists.
-    pub fn add_bridge(&mut self, name: &str, mtu: u32) -> Result<()> {
+    /// Creates bridge `name` (down, with `mtu` and the fixed address `mac`). Fails with
+    /// EEXIST when it exists.
+    pub fn add_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<()> {
         let mut msg = LinkMessage::default();
-        set_up(&mut msg);
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
+        // An address given at creation is one the kernel keeps (NET_ADDR_SET): a bridge
+        // with a random one takes the lowest MAC of its ports and changes it as ports
+        // come and go, leaving every neighbour's cached gateway MAC stale.
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
                 InfoKind::Bridge,
@@ -222,6 +226,16 @@ impl Netlink {
         }
         self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
             format!("configuring link {index}")
+        })
+        .map(drop)
+    }
+
+    /// Sets the MAC address of link `index` (the kernel then keeps it: NET_ADDR_SET).
+    pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> Result<()> {
+        let mut msg = by_index(index);
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("setting the address of link {index}")
         })
         .map(drop)
     }

@@ -37,8 +37,12 @@ use tracing::{debug, info, warn};
 use crate::cniconf;
 use crate::desired::{Desired, Rejection, Rule, desired_state, rejection_keys};
 use crate::firewall::{self, Backend, NatTable, Runner, Setting};
+use crate::policy::{self, Compiled, PodView, Problem};
 use crate::routes::{KernelView, RouteReport, apply_routes, plan_routes, read_routes};
 use crate::state;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use podnet_firewall::policy::PolicyPlan;
 
 /// The field manager of the daemon's status writes.
 pub const FIELD_MANAGER: &str = "podnet-daemon";
@@ -64,6 +68,9 @@ pub struct DaemonConfig {
     pub startup_grace: Duration,
     /// Which firewall to program (auto: follow kube-proxy, else nftables, else iptables).
     pub firewall: Setting,
+    /// Enforce NetworkPolicy (watch Pods, Namespaces and NetworkPolicies; program the
+    /// `inet podnet-policy` table). Off: that table is removed.
+    pub network_policy: bool,
 }
 
 /// Label of the per-rule metrics.
@@ -84,6 +91,20 @@ pub struct DaemonMetrics {
     errors: Counter,
     sync_duration: Histogram,
     firewall: Family<BackendLabel, Gauge>,
+    policies: Gauge,
+    isolated_pods: Gauge,
+    policy_problems: Gauge,
+    policy_writes: Counter,
+    policy_dropped: Family<ChainLabel, Gauge>,
+    policy_bridge_netfilter: Gauge,
+    policy_update: Histogram,
+}
+
+/// Label of the dropped-packets metric: the chain that dropped them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChainLabel {
+    /// `forward` (a pod not programmed yet) or `pod-<key>-in` / `-out`.
+    pub chain: String,
 }
 
 /// Label of the firewall-backend metric.
@@ -105,8 +126,50 @@ impl DaemonMetrics {
             errors: Counter::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             firewall: Family::default(),
+            policies: Gauge::default(),
+            isolated_pods: Gauge::default(),
+            policy_problems: Gauge::default(),
+            policy_writes: Counter::default(),
+            policy_dropped: Family::default(),
+            policy_bridge_netfilter: Gauge::default(),
+            policy_update: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         };
         let r = registry.sub_registry_with_prefix("podnet_daemon");
+        r.register(
+            "policies",
+            "NetworkPolicies selecting at least one pod of this node",
+            m.policies.clone(),
+        );
+        r.register(
+            "policy_isolated_pods",
+            "Pods of this node isolated by a NetworkPolicy (ingress or egress)",
+            m.isolated_pods.clone(),
+        );
+        r.register(
+            "policy_problems",
+            "Parts of NetworkPolicies not enforced (they allow nothing; an event says why)",
+            m.policy_problems.clone(),
+        );
+        r.register(
+            "policy_writes",
+            "Transactions that changed the policy table",
+            m.policy_writes.clone(),
+        );
+        r.register(
+            "policy_bridge_netfilter",
+            "1 when bridged traffic between pods of this node reaches the policy (net.bridge.bridge-nf-call-iptables and -ip6tables are 1)",
+            m.policy_bridge_netfilter.clone(),
+        );
+        r.register(
+            "policy_update_seconds",
+            "From the change that woke the daemon (a policy, pod or namespace event) to the policy table written",
+            m.policy_update.clone(),
+        );
+        r.register(
+            "policy_dropped_packets",
+            "Packets dropped by network policy since the chain was created, by chain",
+            m.policy_dropped.clone(),
+        );
         r.register(
             "firewall_backend",
             "1 for the firewall podnet programs on this node, 0 for the others",
@@ -167,6 +230,8 @@ pub struct PassReport {
     pub firewall: Option<Backend>,
     /// Whether the CNI config was (re)written.
     pub cni_written: bool,
+    /// Whether the policy table was written.
+    pub policy_written: bool,
     /// Stale addresses removed from the bridge.
     pub bridge_addresses_removed: usize,
     /// Every error of the pass (each part was still applied as far as it could be).
@@ -179,6 +244,7 @@ impl PassReport {
             + self.routes.removed
             + self.masquerade_written
             + usize::from(self.cni_written)
+            + usize::from(self.policy_written)
             + self.bridge_addresses_removed
     }
 }
@@ -261,17 +327,28 @@ pub struct Daemon {
     firewall: std::sync::Mutex<Option<Box<dyn NatTable + Send>>>,
     noderoutes: Store<NodeRoute>,
     networks: Store<PodNetwork>,
+    /// Pods, Namespaces and NetworkPolicies (network policy on).
+    policy_inputs: Option<PolicyInputs>,
     notify: Arc<Notify>,
     health: Arc<Health>,
     metrics: DaemonMetrics,
 }
 
-/// What the reporter task publishes: the condition, and the rejections for events.
+/// The caches network policy is compiled from.
+struct PolicyInputs {
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    policies: Store<NetworkPolicy>,
+}
+
+/// What the reporter task publishes: the condition, and the rejections and policy
+/// problems for events.
 #[derive(Clone, Debug, PartialEq)]
 struct Report {
     programmed: Programmed,
     rejected: Vec<Rejection>,
     firewall: Option<Backend>,
+    problems: Vec<Problem>,
 }
 
 impl Daemon {
@@ -283,7 +360,25 @@ impl Daemon {
         metrics: DaemonMetrics,
     ) -> Self {
         let notify = Arc::new(Notify::new());
+        let policy_inputs = config.network_policy.then(|| PolicyInputs {
+            pods: spawn_reflector(
+                Api::all(clients.watch.clone()),
+                Arc::clone(&notify),
+                policy::strip_pod,
+            ),
+            namespaces: spawn_reflector(
+                Api::all(clients.watch.clone()),
+                Arc::clone(&notify),
+                policy::strip_namespace,
+            ),
+            policies: spawn_reflector(
+                Api::all(clients.watch.clone()),
+                Arc::clone(&notify),
+                strip_managed_fields,
+            ),
+        });
         Self {
+            policy_inputs,
             noderoutes: spawn_reflector(
                 Api::all(clients.watch.clone()),
                 Arc::clone(&notify),
@@ -317,6 +412,11 @@ impl Daemon {
         let synced = async {
             let _ = self.noderoutes.wait_until_ready().await;
             let _ = self.networks.wait_until_ready().await;
+            if let Some(p) = &self.policy_inputs {
+                let _ = p.pods.wait_until_ready().await;
+                let _ = p.namespaces.wait_until_ready().await;
+                let _ = p.policies.wait_until_ready().await;
+            }
         };
         tokio::pin!(synced);
         tokio::select! {
@@ -378,6 +478,7 @@ impl Daemon {
                 },
             ),
             announced: BTreeSet::new(),
+            announced_problems: BTreeSet::new(),
         };
         let reporting = tokio::spawn(reporter.run(status_rx, self.config.resync));
         let mut netlink = None;
@@ -386,6 +487,8 @@ impl Daemon {
         // node's Programmed condition, say) costs no kernel check; the periodic check
         // (its own ticker, which events do not postpone) always looks at the kernel.
         let mut applied: Option<Desired> = None;
+        // The policy plan last applied (`Some(None)`: the table removed).
+        let mut policy_applied: Option<Option<PolicyPlan>> = None;
         let mut seen_rejections = BTreeSet::new();
         let mut periodic = true;
         let mut periodic_passes = 0u64;
@@ -409,14 +512,31 @@ impl Daemon {
                     self.reconsider_firewall();
                 }
             }
-            if periodic || applied.as_ref() != Some(&desired) {
+            let compiled = self.compile_policy(&desired);
+            let policy_plan = compiled.as_ref().map(|c| c.plan.clone());
+            if periodic
+                || applied.as_ref() != Some(&desired)
+                || policy_applied.as_ref() != Some(&policy_plan)
+            {
                 let nl = match netlink.take() {
                     Some(nl) => Ok(nl),
                     None => self.netlink(),
                 };
                 match nl {
                     Ok(mut nl) => {
-                        let report = self.sync(&mut nl, &desired);
+                        let mut report = self.sync(&mut nl, &desired);
+                        // The table waits for the node's own CIDRs: a pod address is
+                        // known from them.
+                        let policy_due = policy_plan.is_some() || policy_applied != Some(None);
+                        if policy_due && (!desired.own_cidrs.is_empty() || policy_plan.is_none()) {
+                            match self.apply_policy(policy_plan.as_ref(), periodic, started) {
+                                Ok(written) => {
+                                    report.policy_written = written;
+                                    policy_applied = Some(policy_plan.clone());
+                                }
+                                Err(e) => report.errors.push(format!("network policy: {e}")),
+                            }
+                        }
                         self.record(&report, first, &mut seen_rejections);
                         if report.errors.is_empty() {
                             if first {
@@ -433,6 +553,7 @@ impl Daemon {
                             programmed: programmed(&desired, &report),
                             rejected: report.rejected,
                             firewall: report.firewall,
+                            problems: compiled.map(|c| c.problems).unwrap_or_default(),
                         };
                         status_tx.send_if_modified(|s| replace(s, next));
                         netlink = Some(nl);
@@ -607,6 +728,91 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// NetworkPolicy compiled for this node (`None`: enforcement off).
+    fn compile_policy(&self, desired: &Desired) -> Option<Compiled> {
+        let inputs = self.policy_inputs.as_ref()?;
+        let pods: Vec<PodView> = inputs
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| policy::pod_view(p))
+            .collect();
+        let namespaces = inputs
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        let policies: Vec<NetworkPolicy> = inputs
+            .policies
+            .state()
+            .iter()
+            .map(|p| (**p).clone())
+            .collect();
+        let c = policy::compile(
+            &self.config.node_name,
+            &desired.own_cidrs,
+            &pods,
+            &namespaces,
+            &policies,
+        );
+        self.metrics
+            .policies
+            .set(i64::try_from(c.policies).unwrap_or(i64::MAX));
+        self.metrics
+            .isolated_pods
+            .set(i64::try_from(c.plan.pods.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .policy_problems
+            .set(i64::try_from(c.problems.len()).unwrap_or(i64::MAX));
+        Some(c)
+    }
+
+    /// Makes the policy table match `plan` (`None`: no table); on periodic passes also
+    /// reads its drop counters. Returns whether it wrote.
+    fn apply_policy(
+        &self,
+        plan: Option<&PolicyPlan>,
+        periodic: bool,
+        woken: Instant,
+    ) -> Result<bool, firewall::FirewallError> {
+        let runner = Runner {
+            netns: self.config.netns.clone(),
+        };
+        let written = firewall::policy::apply(&runner, plan)?;
+        if let Some(plan) = plan {
+            let bridged = runner.bridge_netfilter();
+            self.metrics.policy_bridge_netfilter.set(i64::from(bridged));
+            if !bridged && !plan.pods.is_empty() {
+                return Err(firewall::FirewallError {
+                    command: "net.bridge.bridge-nf-call-iptables / -ip6tables".into(),
+                    detail: "bridge netfilter is off: traffic between two pods of this node is bridged past network policy (load br_netfilter and set both to 1, as kubeadm requires)".into(),
+                });
+            }
+        }
+        if written {
+            self.metrics.policy_writes.inc();
+            self.metrics
+                .policy_update
+                .observe(woken.elapsed().as_secs_f64());
+            info!(
+                isolated_pods = plan.map_or(0, |p| p.pods.len()),
+                sets = plan.map_or(0, |p| p.sets.len()),
+                "network policy programmed"
+            );
+        }
+        if periodic && plan.is_some() {
+            self.metrics.policy_dropped.clear();
+            for (chain, packets) in firewall::policy::drops(&runner)? {
+                self.metrics
+                    .policy_dropped
+                    .get_or_create(&ChainLabel { chain })
+                    .set(i64::try_from(packets).unwrap_or(i64::MAX));
+            }
+        }
+        Ok(written)
+    }
+
     /// Applies masquerade through the chosen firewall, choosing it first if needed.
     /// When the choice changes (a chart upgrade, kube-proxy switched modes), podnet's
     /// rules leave the backends it no longer uses. Returns the backend (chosen even when
@@ -711,6 +917,8 @@ struct StatusReporter {
     recorder: Recorder,
     /// Rejections already announced as events (each is announced once while it lasts).
     announced: BTreeSet<(String, Option<IpNet>, Rule)>,
+    /// Policy problems already announced.
+    announced_problems: BTreeSet<Problem>,
 }
 
 impl StatusReporter {
@@ -725,6 +933,7 @@ impl StatusReporter {
             let report = latest.borrow_and_update().clone();
             if let Some(report) = report {
                 self.announce(&report.rejected).await;
+                self.announce_problems(&report.problems).await;
                 match self.apply(&report.programmed, report.firewall).await {
                     Ok(()) => {
                         backoff.reset();
@@ -785,6 +994,45 @@ impl StatusReporter {
             match self.recorder.publish(&ev, &peer.object_ref(&())).await {
                 Ok(()) => {
                     self.announced.insert(key);
+                }
+                Err(e) => debug!(error = %e, "could not publish an event"),
+            }
+        }
+    }
+
+    /// One Warning event on each NetworkPolicy for every part of it this node does not
+    /// enforce, once while it lasts.
+    async fn announce_problems(&mut self, problems: &[Problem]) {
+        self.announced_problems.retain(|p| problems.contains(p));
+        for p in problems {
+            if self.announced_problems.contains(p) {
+                continue;
+            }
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: reason::POLICY_NOT_ENFORCED.into(),
+                note: Some(
+                    format!(
+                        "node {}: {} (this part allows nothing)",
+                        self.node_name, p.why
+                    )
+                    .chars()
+                    .take(1000)
+                    .collect(),
+                ),
+                action: "Enforce".into(),
+                secondary: None,
+            };
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("networking.k8s.io/v1".into()),
+                kind: Some("NetworkPolicy".into()),
+                name: Some(p.name.clone()),
+                namespace: Some(p.namespace.clone()),
+                ..Default::default()
+            };
+            match self.recorder.publish(&ev, &reference).await {
+                Ok(()) => {
+                    self.announced_problems.insert(p.clone());
                 }
                 Err(e) => debug!(error = %e, "could not publish an event"),
             }

@@ -10,5 +10,6 @@ pub mod controller;
 pub mod desired;
 /// The firewall drivers (the `podnet-firewall` crate, shared with podnet-cni).
 pub use podnet_firewall as firewall;
+pub mod policy;
 pub mod routes;
 pub mod state;

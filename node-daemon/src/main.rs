@@ -94,10 +94,14 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "PODNET_OPS_ADDR", default_value = "0.0.0.0:9091")]
     ops_addr: SocketAddr,
-    /// The firewall masquerade (and network policy) go into: auto follows kube-proxy's
-    /// mode when it can be seen, else nftables if the kernel has it, else iptables.
+    /// The firewall masquerade and hostPorts go into: auto follows kube-proxy's mode
+    /// when it can be seen, else nftables if the kernel has it, else iptables.
     #[arg(long, env = "PODNET_FIREWALL", value_enum, default_value = "auto")]
     firewall: Setting,
+    /// Enforce NetworkPolicy (always in nftables, table `inet podnet-policy`); `false`
+    /// removes that table.
+    #[arg(long, env = "PODNET_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    network_policy: bool,
 }
 
 #[derive(Args)]
@@ -184,6 +188,11 @@ fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let policy_removed = match firewall::policy::apply(&runner, None) {
+        Ok(removed) => removed,
+        Err(e) if e.detail.contains("No such file") || e.detail.contains("not found") => false,
+        Err(e) => return Err(e.into()),
+    };
     let conf = node.cni_conf_dir.join(cniconf::CONFLIST);
     let conf_removed = remove_file(&conf)?;
     let plugin_removed = remove_file(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
@@ -195,7 +204,7 @@ fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
         remove_file(&node.state_dir.join(state::FILE))?
     };
     println!(
-        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}), masquerade rules from [{}], hostPort rules from [{}], {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
+        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}), masquerade rules from [{}], hostPort rules from [{}], the network policy table ({policy_removed}), {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
         report.removed,
         firewalls.join(", "),
         hostport_firewalls.join(", "),
@@ -237,6 +246,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: args.resync,
         startup_grace: args.startup_grace,
         firewall: args.firewall,
+        network_policy: args.network_policy,
     };
     let clients = ApiClients::infer()
         .await

@@ -185,6 +185,9 @@ impl DaemonProc {
             .arg(&ns.conf_dir)
             .arg("--state-dir")
             .arg(ns.conf_dir.join("state"))
+            // These nodes have no pods in the API: network policy would hold every
+            // address of the node's CIDR as not programmed yet.
+            .args(["--network-policy", "false"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")

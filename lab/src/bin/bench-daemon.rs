@@ -298,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
             .arg(conf_dir.join("ipam"))
             .arg("--firewall")
             .arg(&firewall)
+            .args(["--network-policy", "false"])
             .env("KUBECONFIG", cp.kubeconfig())
             .stdin(Stdio::null())
             .spawn()?;

@@ -1,0 +1,856 @@
+//! NetworkPolicy (networking.k8s.io/v1) compiled for one node (pure): from the
+//! cluster's pods, namespaces and policies to the [`PolicyPlan`] the node's firewall
+//! enforces for the pods on this node.
+//!
+//! What the API says, and how it maps:
+//! * a pod is isolated for ingress (egress) when a policy in its namespace selects it
+//!   with `Ingress` (`Egress`) among its policy types — `policyTypes` left out means
+//!   `Ingress`, plus `Egress` when the policy has egress rules; an isolated pod gets
+//!   what the union of those policies' rules allows, and nothing else;
+//! * a rule allows traffic matching one of its peers (none listed: any) and one of its
+//!   ports (none listed: any); peers are pods picked by `podSelector` (in the policy's
+//!   namespace), by `namespaceSelector` (every pod of those namespaces), or by both,
+//!   or `ipBlock` CIDRs minus `except`; ports are a protocol (TCP by default, UDP,
+//!   SCTP), a number or a range (`endPort`), or a name resolved against the pod's
+//!   container ports — the destination pod's: this pod for ingress, the peer pods for
+//!   egress (so a named egress port matches pods only, never an `ipBlock`);
+//! * replies are always allowed (conntrack), and so is traffic between a pod and its
+//!   own node.
+//!
+//! A part of a policy that cannot be enforced (an unparsable CIDR, an `except` outside
+//! its CIDR, a port out of range, an unknown protocol) allows nothing, and is reported
+//! as a [`Problem`]: the result only ever errs on the side of dropping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podnet_firewall::hostports::Protocol;
+use podnet_firewall::policy::{AddrSet, Peer, PodChains, PolicyPlan, Ports, Rule};
+
+/// What the compiler needs of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Addresses.
+    pub ips: Vec<IpAddr>,
+    /// Named container ports: (name, protocol, number).
+    pub named_ports: Vec<(String, Protocol, u16)>,
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// The pod as the compiler sees it; `None` for a pod that takes part in no policy:
+/// host-network, finished, or without addresses yet.
+pub fn pod_view(p: &Pod) -> Option<PodView> {
+    let spec = p.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = p.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|i| i.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        return None;
+    }
+    let mut named_ports = Vec::new();
+    for c in &spec.containers {
+        for port in c.ports.iter().flatten() {
+            if let (Some(name), Some(proto), Ok(n)) = (
+                &port.name,
+                protocol(port.protocol.as_deref()),
+                u16::try_from(port.container_port),
+            ) {
+                named_ports.push((name.clone(), proto, n));
+            }
+        }
+    }
+    Some(PodView {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        node: spec.node_name.clone().unwrap_or_default(),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ips,
+        named_ports,
+    })
+}
+
+/// Keeps only what the compiler reads of a Pod (the daemon's cache holds every pod of
+/// the cluster).
+pub fn strip_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.metadata.owner_references = None;
+    if let Some(spec) = p.spec.as_mut() {
+        spec.volumes = None;
+        spec.init_containers = None;
+        spec.ephemeral_containers = None;
+        spec.tolerations = None;
+        spec.affinity = None;
+        for c in &mut spec.containers {
+            c.env = None;
+            c.env_from = None;
+            c.volume_mounts = None;
+            c.args = None;
+            c.command = None;
+            c.resources = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.security_context = None;
+        }
+    }
+    if let Some(status) = p.status.as_mut() {
+        status.conditions = None;
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+    }
+}
+
+/// Keeps only a Namespace's name and labels.
+pub fn strip_namespace(n: &mut Namespace) {
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    n.spec = None;
+    n.status = None;
+}
+
+/// Whether `sel` selects `labels` (an empty selector selects everything; an operator
+/// the API does not define selects nothing).
+pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    labels_ok
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+                "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+                "Exists" => labels.contains_key(&e.key),
+                "DoesNotExist" => !labels.contains_key(&e.key),
+                _ => false,
+            }
+        })
+}
+
+/// A policy part that is not enforced (it allows nothing), for an event.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub name: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// The compiled plan, the problems found, and counts for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// What the firewall enforces.
+    pub plan: PolicyPlan,
+    /// Parts not enforced.
+    pub problems: Vec<Problem>,
+    /// Policies selecting at least one pod of this node.
+    pub policies: usize,
+}
+
+fn hash16(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Removes networks covered by another (nftables refuses overlapping intervals).
+fn collapse(mut nets: Vec<IpNet>) -> Vec<IpNet> {
+    nets.sort_by_key(|n| (n.prefix_len(), n.addr()));
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in nets {
+        if !out.iter().any(|o| o.contains(&n)) {
+            out.push(n);
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Ctx<'a> {
+    pods: &'a [PodView],
+    namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
+    sets: BTreeMap<String, AddrSet>,
+    problems: BTreeSet<Problem>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, np: &NetworkPolicy, why: String) {
+        self.problems.insert(Problem {
+            namespace: np.metadata.namespace.clone().unwrap_or_default(),
+            name: np.metadata.name.clone().unwrap_or_default(),
+            why,
+        });
+    }
+
+    /// The pods a selector peer picks.
+    fn peer_pods(&self, np_ns: &str, peer: &NetworkPolicyPeer) -> Vec<&PodView> {
+        self.pods
+            .iter()
+            .filter(|p| match &peer.namespace_selector {
+                Some(ns_sel) => self
+                    .namespaces
+                    .get(&p.namespace)
+                    .is_some_and(|labels| selects(ns_sel, labels)),
+                None => p.namespace == np_ns,
+            })
+            .filter(|p| {
+                peer.pod_selector
+                    .as_ref()
+                    .is_none_or(|sel| selects(sel, &p.labels))
+            })
+            .collect()
+    }
+
+    fn nets_set(&mut self, name: String, v6: bool, nets: Vec<IpNet>) -> String {
+        self.sets.insert(
+            name.clone(),
+            AddrSet::Nets {
+                v6,
+                nets: collapse(nets),
+            },
+        );
+        name
+    }
+
+    /// A peer as sets (both families declared for selector peers, so pods coming and
+    /// going only change elements). `None`: the peer is broken and matches nothing.
+    fn peer(
+        &mut self,
+        np: &NetworkPolicy,
+        key: &str,
+        peer: &NetworkPolicyPeer,
+    ) -> Option<(Peer, Vec<IpAddr>)> {
+        let np_ns = np.metadata.namespace.clone().unwrap_or_default();
+        if let Some(block) = &peer.ip_block {
+            let Ok(cidr) = block.cidr.parse::<IpNet>() else {
+                self.problem(np, format!("ipBlock {:?} is not a CIDR", block.cidr));
+                return None;
+            };
+            let cidr = cidr.trunc();
+            let mut except = Vec::new();
+            for e in block.except.iter().flatten() {
+                match e.parse::<IpNet>() {
+                    Ok(e) if cidr.contains(&e.trunc()) => except.push(e.trunc()),
+                    _ => {
+                        self.problem(
+                            np,
+                            format!("ipBlock except {e:?} is not a CIDR inside {cidr}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            let v6 = cidr.addr().is_ipv6();
+            let set = self.nets_set(
+                format!("s-{key}-{}", if v6 { 6 } else { 4 }),
+                v6,
+                vec![cidr],
+            );
+            let exc = (!except.is_empty())
+                .then(|| self.nets_set(format!("x-{key}-{}", if v6 { 6 } else { 4 }), v6, except));
+            let (v4, v6s, except4, except6) = if v6 {
+                (None, Some(set), None, exc)
+            } else {
+                (Some(set), None, exc, None)
+            };
+            return Some((
+                Peer::Sets {
+                    v4,
+                    v6: v6s,
+                    except4,
+                    except6,
+                },
+                Vec::new(),
+            ));
+        }
+        let ips: Vec<IpAddr> = self
+            .peer_pods(&np_ns, peer)
+            .iter()
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        let mut fam = |v6: bool| {
+            let nets = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| IpNet::from(*ip))
+                .collect();
+            self.nets_set(format!("s-{key}-{}", if v6 { 6 } else { 4 }), v6, nets)
+        };
+        let (v4, v6) = (fam(false), fam(true));
+        Some((
+            Peer::Sets {
+                v4: Some(v4),
+                v6: Some(v6),
+                except4: None,
+                except6: None,
+            },
+            ips,
+        ))
+    }
+}
+
+/// Numbered ports, and named ones (name, protocol) apart.
+type SplitPorts = (Vec<(Protocol, Option<(u16, u16)>)>, Vec<(String, Protocol)>);
+
+fn split_ports(ctx: &mut Ctx<'_>, np: &NetworkPolicy, ports: &[NetworkPolicyPort]) -> SplitPorts {
+    let mut numbered = Vec::new();
+    let mut named = Vec::new();
+    for p in ports {
+        let Some(proto) = protocol(p.protocol.as_deref()) else {
+            ctx.problem(
+                np,
+                format!("protocol {:?} is not TCP, UDP or SCTP", p.protocol),
+            );
+            continue;
+        };
+        match &p.port {
+            None => numbered.push((proto, None)),
+            Some(IntOrString::Int(n)) => {
+                let end = p.end_port.unwrap_or(*n);
+                match (u16::try_from(*n), u16::try_from(end)) {
+                    (Ok(lo), Ok(hi)) if lo > 0 && hi >= lo => {
+                        numbered.push((proto, Some((lo, hi))))
+                    }
+                    _ => ctx.problem(
+                        np,
+                        format!("port {n} (endPort {end}) is not a valid port range"),
+                    ),
+                }
+            }
+            Some(IntOrString::String(name)) => {
+                if p.end_port.is_some() {
+                    ctx.problem(np, format!("endPort with the named port {name:?}"));
+                } else {
+                    named.push((name.clone(), proto));
+                }
+            }
+        }
+    }
+    (numbered, named)
+}
+
+/// Compiles every policy for the pods of `node`.
+pub fn compile(
+    node: &str,
+    local_cidrs: &[IpNet],
+    pods: &[PodView],
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+    policies: &[NetworkPolicy],
+) -> Compiled {
+    let mut ctx = Ctx {
+        pods,
+        namespaces,
+        sets: BTreeMap::new(),
+        problems: BTreeSet::new(),
+    };
+    let local: Vec<&PodView> = pods.iter().filter(|p| p.node == node).collect();
+    let mut plan = PolicyPlan {
+        local_cidrs: local_cidrs.to_vec(),
+        known: local.iter().flat_map(|p| p.ips.iter().copied()).collect(),
+        ..Default::default()
+    };
+    plan.known.sort();
+    plan.known.dedup();
+    let mut selecting = BTreeSet::new();
+    let mut sorted: Vec<&NetworkPolicy> = policies.iter().collect();
+    sorted.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    for pod in local {
+        let mut ingress: Option<Vec<Rule>> = None;
+        let mut egress: Option<Vec<Rule>> = None;
+        for np in &sorted {
+            let ns = np.metadata.namespace.clone().unwrap_or_default();
+            let name = np.metadata.name.clone().unwrap_or_default();
+            let Some(spec) = &np.spec else { continue };
+            if ns != pod.namespace
+                || !selects(&spec.pod_selector.clone().unwrap_or_default(), &pod.labels)
+            {
+                continue;
+            }
+            selecting.insert((ns.clone(), name.clone()));
+            let types: Vec<String> = spec.policy_types.clone().unwrap_or_else(|| {
+                let mut t = vec!["Ingress".to_string()];
+                if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+                    t.push("Egress".into());
+                }
+                t
+            });
+            if types.iter().any(|t| t == "Ingress") {
+                let rules = ingress.get_or_insert_with(Vec::new);
+                for (i, r) in spec.ingress.iter().flatten().enumerate() {
+                    let comment = format!("{ns}/{name} ingress[{i}]");
+                    let (numbered, named) =
+                        split_ports(&mut ctx, np, r.ports.as_deref().unwrap_or_default());
+                    // Named ports are this pod's own.
+                    let mut ports = numbered;
+                    for (pname, proto) in &named {
+                        if let Some((_, _, n)) = pod
+                            .named_ports
+                            .iter()
+                            .find(|(n, p, _)| n == pname && p == proto)
+                        {
+                            ports.push((*proto, Some((*n, *n))));
+                        }
+                    }
+                    let had_ports = r.ports.as_ref().is_some_and(|p| !p.is_empty());
+                    if had_ports && ports.is_empty() {
+                        continue; // every port unresolvable or invalid: allows nothing
+                    }
+                    let ports = if had_ports {
+                        Ports::List(ports)
+                    } else {
+                        Ports::Any
+                    };
+                    let peers: Vec<&NetworkPolicyPeer> = r.from.iter().flatten().collect();
+                    if r.from.as_ref().is_none_or(Vec::is_empty) {
+                        rules.push(Rule {
+                            comment: comment.clone(),
+                            peer: Peer::Any,
+                            ports: ports.clone(),
+                        });
+                    }
+                    for (j, peer) in peers.into_iter().enumerate() {
+                        let key = hash16(&[&ns, &name, "in", &i.to_string(), &j.to_string()]);
+                        if let Some((p, _)) = ctx.peer(np, &key, peer) {
+                            rules.push(Rule {
+                                comment: comment.clone(),
+                                peer: p,
+                                ports: ports.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            if types.iter().any(|t| t == "Egress") {
+                let rules = egress.get_or_insert_with(Vec::new);
+                for (i, r) in spec.egress.iter().flatten().enumerate() {
+                    let comment = format!("{ns}/{name} egress[{i}]");
+                    let (numbered, named) =
+                        split_ports(&mut ctx, np, r.ports.as_deref().unwrap_or_default());
+                    let had_ports = r.ports.as_ref().is_some_and(|p| !p.is_empty());
+                    let any_peer = r.to.as_ref().is_none_or(Vec::is_empty);
+                    let mut targets: Vec<(Peer, Vec<IpAddr>, Option<String>)> = Vec::new();
+                    if any_peer {
+                        targets.push((
+                            Peer::Any,
+                            pods.iter().flat_map(|p| p.ips.iter().copied()).collect(),
+                            None,
+                        ));
+                    }
+                    for (j, peer) in r.to.iter().flatten().enumerate() {
+                        let key = hash16(&[&ns, &name, "out", &i.to_string(), &j.to_string()]);
+                        if let Some((p, ips)) = ctx.peer(np, &key, peer) {
+                            let is_block = peer.ip_block.is_some();
+                            targets.push((p, if is_block { Vec::new() } else { ips }, Some(key)));
+                        }
+                    }
+                    for (j, (peer, ips, key)) in targets.into_iter().enumerate() {
+                        if !had_ports || !numbered.is_empty() {
+                            let ports = if had_ports {
+                                Ports::List(numbered.clone())
+                            } else {
+                                Ports::Any
+                            };
+                            rules.push(Rule {
+                                comment: comment.clone(),
+                                peer: peer.clone(),
+                                ports,
+                            });
+                        }
+                        if named.is_empty() || ips.is_empty() && !matches!(peer, Peer::Any) {
+                            continue;
+                        }
+                        // Named ports of the peer pods: (address, protocol, port) sets.
+                        let key = key.unwrap_or_else(|| {
+                            hash16(&[&ns, &name, "out", &i.to_string(), "any", &j.to_string()])
+                        });
+                        let mut entries4 = Vec::new();
+                        let mut entries6 = Vec::new();
+                        for p in pods
+                            .iter()
+                            .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
+                        {
+                            for (pname, proto) in &named {
+                                for (n, pr, port) in &p.named_ports {
+                                    if n == pname && pr == proto {
+                                        for ip in &p.ips {
+                                            let e = (*ip, *proto, *port);
+                                            if ip.is_ipv6() {
+                                                entries6.push(e)
+                                            } else {
+                                                entries4.push(e)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        let (n4, n6) = (format!("n-{key}-4"), format!("n-{key}-6"));
+                        entries4.sort();
+                        entries4.dedup();
+                        entries6.sort();
+                        entries6.dedup();
+                        ctx.sets.insert(
+                            n4.clone(),
+                            AddrSet::Ports {
+                                v6: false,
+                                entries: entries4,
+                            },
+                        );
+                        ctx.sets.insert(
+                            n6.clone(),
+                            AddrSet::Ports {
+                                v6: true,
+                                entries: entries6,
+                            },
+                        );
+                        rules.push(Rule {
+                            comment: comment.clone(),
+                            peer: Peer::Any,
+                            ports: Ports::Named {
+                                v4: Some(n4),
+                                v6: Some(n6),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if ingress.is_some() || egress.is_some() {
+            plan.pods.push(PodChains {
+                key: hash16(&[&pod.namespace, &pod.name]),
+                name: format!("{}/{}", pod.namespace, pod.name),
+                ips: pod.ips.clone(),
+                ingress,
+                egress,
+            });
+        }
+    }
+    plan.pods.sort_by(|a, b| a.key.cmp(&b.key));
+    plan.sets = ctx.sets;
+    Compiled {
+        plan,
+        problems: ctx.problems.into_iter().collect(),
+        policies: selecting.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, node: &str, labels: &[(&str, &str)], ips: &[&str]) -> PodView {
+        PodView {
+            namespace: ns.into(),
+            name: name.into(),
+            node: node.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ips: ips.iter().filter_map(|s| s.parse().ok()).collect(),
+            named_ports: vec![("http".into(), Protocol::Tcp, 8080)],
+        }
+    }
+
+    fn np(v: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn namespaces() -> BTreeMap<String, BTreeMap<String, String>> {
+        [
+            (
+                "default".to_string(),
+                [("team".to_string(), "a".to_string())].into(),
+            ),
+            (
+                "other".to_string(),
+                [("team".to_string(), "b".to_string())].into(),
+            ),
+        ]
+        .into()
+    }
+
+    fn pods() -> Vec<PodView> {
+        vec![
+            pod(
+                "default",
+                "db",
+                "n1",
+                &[("app", "db")],
+                &["10.244.1.5", "fd00::5"],
+            ),
+            pod(
+                "default",
+                "web",
+                "n2",
+                &[("app", "web")],
+                &["10.244.2.7", "fd00::7"],
+            ),
+            pod("other", "web", "n2", &[("app", "web")], &["10.244.2.8"]),
+            pod("default", "free", "n1", &[("app", "free")], &["10.244.1.6"]),
+        ]
+    }
+
+    fn cidrs() -> Vec<IpNet> {
+        vec!["10.244.1.0/24".parse().unwrap_or_else(|e| panic!("{e}"))]
+    }
+
+    #[test]
+    fn selectors_follow_the_api() {
+        let l: BTreeMap<String, String> = [
+            ("app".to_string(), "db".to_string()),
+            ("tier".to_string(), "x".to_string()),
+        ]
+        .into();
+        let sel = |v: serde_json::Value| -> LabelSelector {
+            serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(selects(&sel(json!({})), &l));
+        assert!(selects(&sel(json!({"matchLabels": {"app": "db"}})), &l));
+        assert!(!selects(&sel(json!({"matchLabels": {"app": "web"}})), &l));
+        assert!(selects(
+            &sel(
+                json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["db", "x"]}]})
+            ),
+            &l
+        ));
+        assert!(selects(
+            &sel(
+                json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]})
+            ),
+            &l
+        ));
+        assert!(selects(
+            &sel(json!({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]})),
+            &l
+        ));
+        assert!(!selects(
+            &sel(json!({"matchExpressions": [{"key": "zone", "operator": "Exists"}]})),
+            &l
+        ));
+        assert!(!selects(
+            &sel(json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]})),
+            &l
+        ));
+    }
+
+    #[test]
+    fn a_pod_without_policy_is_known_and_not_isolated() {
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[]);
+        assert!(c.plan.pods.is_empty());
+        assert_eq!(c.plan.known.len(), 3, "{:?}", c.plan.known);
+        assert_eq!(c.policies, 0);
+    }
+
+    #[test]
+    fn ingress_from_pods_in_the_namespace_on_a_port() {
+        let p = np(
+            json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 5432}]}]}}),
+        );
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        assert_eq!(c.plan.pods.len(), 1, "only db is selected");
+        let chains = &c.plan.pods[0];
+        assert_eq!(chains.name, "default/db");
+        assert!(
+            chains.egress.is_none(),
+            "policyTypes defaults to Ingress only"
+        );
+        let rules = chains.ingress.clone().unwrap_or_default();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].ports,
+            Ports::List(vec![(Protocol::Tcp, Some((5432, 5432)))])
+        );
+        let Peer::Sets {
+            v4: Some(v4),
+            v6: Some(v6),
+            ..
+        } = &rules[0].peer
+        else {
+            panic!("{:?}", rules[0].peer)
+        };
+        // default/web only (other/web is in another namespace).
+        assert_eq!(
+            c.plan.sets[v4],
+            AddrSet::Nets {
+                v6: false,
+                nets: vec!["10.244.2.7/32".parse().unwrap_or_else(|e| panic!("{e}"))]
+            }
+        );
+        assert_eq!(
+            c.plan.sets[v6],
+            AddrSet::Nets {
+                v6: true,
+                nets: vec!["fd00::7/128".parse().unwrap_or_else(|e| panic!("{e}"))]
+            }
+        );
+        assert_eq!(c.policies, 1);
+    }
+
+    #[test]
+    fn namespace_selectors_ip_blocks_and_default_deny() {
+        let p = np(
+            json!({"metadata": {"name": "mix", "namespace": "default"}, "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"team": "b"}}},
+                {"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {"matchLabels": {"app": "web"}}},
+                {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}}]}]}}),
+        );
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        assert_eq!(c.plan.pods.len(), 2, "both local pods selected by {{}}");
+        let db = c
+            .plan
+            .pods
+            .iter()
+            .find(|p| p.name == "default/db")
+            .cloned()
+            .unwrap_or_else(|| panic!("db"));
+        assert_eq!(
+            db.egress,
+            Some(vec![]),
+            "egress isolated with no rule: deny all"
+        );
+        let ing = db.ingress.unwrap_or_default();
+        assert_eq!(ing.len(), 3);
+        let elems = |r: &Rule| match &r.peer {
+            Peer::Sets { v4: Some(s), .. } => c.plan.sets[s].clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            elems(&ing[0]),
+            AddrSet::Nets {
+                v6: false,
+                nets: vec!["10.244.2.8/32".parse().unwrap_or_else(|e| panic!("{e}"))]
+            },
+            "other/web"
+        );
+        assert_eq!(
+            elems(&ing[1]),
+            AddrSet::Nets {
+                v6: false,
+                nets: vec!["10.244.2.7/32".parse().unwrap_or_else(|e| panic!("{e}"))]
+            },
+            "default/web"
+        );
+        let Peer::Sets {
+            v4: Some(_),
+            v6: None,
+            except4: Some(x),
+            ..
+        } = &ing[2].peer
+        else {
+            panic!("{:?}", ing[2].peer)
+        };
+        assert_eq!(
+            c.plan.sets[x],
+            AddrSet::Nets {
+                v6: false,
+                nets: vec!["192.0.2.128/25".parse().unwrap_or_else(|e| panic!("{e}"))]
+            }
+        );
+    }
+
+    #[test]
+    fn named_ports_resolve_against_the_destination_pod() {
+        let p = np(
+            json!({"metadata": {"name": "named", "namespace": "default"}, "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": "http"}, {"port": "missing"}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": "http"}, {"port": 53, "protocol": "UDP"}]}]}}),
+        );
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        let db = &c.plan.pods[0];
+        assert_eq!(
+            db.ingress.clone().unwrap_or_default()[0].ports,
+            Ports::List(vec![(Protocol::Tcp, Some((8080, 8080)))])
+        );
+        let eg = db.egress.clone().unwrap_or_default();
+        assert_eq!(eg.len(), 2, "{eg:?}");
+        assert_eq!(
+            eg[0].ports,
+            Ports::List(vec![(Protocol::Udp, Some((53, 53)))])
+        );
+        let Ports::Named { v4: Some(n4), .. } = &eg[1].ports else {
+            panic!("{:?}", eg[1].ports)
+        };
+        assert_eq!(
+            c.plan.sets[n4],
+            AddrSet::Ports {
+                v6: false,
+                entries: vec![(
+                    "10.244.2.7".parse().unwrap_or_else(|e| panic!("{e}")),
+                    Protocol::Tcp,
+                    8080
+                )]
+            }
+        );
+    }
+
+    #[test]
+    fn broken_parts_allow_nothing_and_are_reported() {
+        let p = np(
+            json!({"metadata": {"name": "bad", "namespace": "default"}, "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [
+                {"from": [{"ipBlock": {"cidr": "nonsense"}}]},
+                {"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]},
+                {"ports": [{"port": 70000}]},
+                {"ports": [{"port": 80, "protocol": "ICMP"}]}]}}),
+        );
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        assert_eq!(c.problems.len(), 4, "{:?}", c.problems);
+        assert_eq!(
+            c.plan.pods[0].ingress,
+            Some(vec![]),
+            "the pod is isolated and nothing broken allows anything"
+        );
+    }
+}
