@@ -230,9 +230,16 @@ fn served_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     owned_whole(cidr_list_schema(0, "must be a CIDR in canonical form"))
 }
 
+/// Up to 256 destinations: a site's private ranges, per-region prefixes and partner
+/// networks add up (the daemon keeps them in nftables interval sets or one iptables
+/// rule each; docs/benchmarks.md measures 100).
+const MAX_NON_MASQUERADE_CIDRS: u32 = 256;
+
 fn non_masquerade_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    cidr_list_schema(
+    let mut schema = cidr_list_schema(
         0,
         "must be a CIDR in canonical form, such as 198.18.0.0/15 or 2001:db8::/32",
-    )
+    );
+    schema.insert("maxItems".into(), MAX_NON_MASQUERADE_CIDRS.into());
+    schema
 }

@@ -260,7 +260,7 @@ fn set_reference(lab: &RealLab, on: bool) -> anyhow::Result<()> {
         let prefix: Vec<&str> = base.split('.').take(3).collect();
         let p = prefix.join(".");
         let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "ref", "plugins": [
-            {"type": "bridge", "bridge": podnet_contract::DEFAULT_BRIDGE, "isGateway": true, "hairpinMode": true,
+            {"type": "bridge", "bridge": podnet_contract::DEFAULT_BRIDGE, "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
              "ipam": {"type": "host-local", "dataDir": "/run/podnet-bench-ref",
                       "ranges": [[{"subnet": cidr, "rangeStart": format!("{p}.150"), "rangeEnd": format!("{p}.250"), "gateway": format!("{p}.1")}]]}}]});
         std::fs::write(&path, conf.to_string()).with_context(|| path.display().to_string())?;
