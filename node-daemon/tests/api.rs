@@ -479,17 +479,24 @@ async fn masquerade(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         "-A PODNET-MASQ -s 10.244.1.0/24 -d 10.244.0.0/16 -j RETURN",
         "-A PODNET-MASQ -s 10.244.1.0/24 -j MASQUERADE",
     ];
-    wait_for("IPv4 masquerade rules", Duration::from_secs(20), || {
-        let nat = ns.nat(false)?;
-        Ok(v4_rules.iter().all(|r| nat.contains(r)))
-    })
-    .await?;
-    let nat6 = ns.nat(true)?;
-    ensure!(
-        nat6.contains("-A PODNET-MASQ -s fd00:10:244:1::/64 -d fd00:10:244::/56 -j RETURN")
-            && nat6.contains("-A PODNET-MASQ -s fd00:10:244:1::/64 -j MASQUERADE"),
-        "{nat6}"
-    );
+    // Each family is its own restore: wait for both (IPv6 may land a moment later).
+    let v6_rules = [
+        "-A PODNET-MASQ -s fd00:10:244:1::/64 -d fd00:10:244::/56 -j RETURN",
+        "-A PODNET-MASQ -s fd00:10:244:1::/64 -j MASQUERADE",
+    ];
+    let mut nat6 = String::new();
+    wait_for(
+        "IPv4 and IPv6 masquerade rules",
+        Duration::from_secs(20),
+        || {
+            let nat = ns.nat(false)?;
+            nat6 = ns.nat(true)?;
+            Ok(v4_rules.iter().all(|r| nat.contains(r))
+                && v6_rules.iter().all(|r| nat6.contains(r)))
+        },
+    )
+    .await
+    .with_context(|| format!("IPv6 nat table: {nat6}"))?;
     ensure!(
         ns.nat(false)?.matches("-j PODNET-MASQ").count() == 1,
         "hooked more than once"
