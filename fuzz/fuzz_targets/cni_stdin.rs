@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
                 conf.mtu.unwrap_or(1500),
                 &conf.bridge,
                 &conf.data_dir.display().to_string(),
+                conf.firewall.map(|b| b.as_str()),
             );
             list.cni_version = conf.cni_version.clone();
             list.name = conf.name.clone();
@@ -37,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.name, conf.name);
             assert_eq!(again.cni_version, conf.cni_version);
             assert_eq!(again.mtu, Some(conf.mtu.unwrap_or(1500)));
+            assert_eq!(again.firewall, conf.firewall);
         }
         // The error JSON a runtime reads must always serialize.
         Err(e) => {
