@@ -25,9 +25,12 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
     let outage = async {
         tokio::time::sleep(Duration::from_secs(6)).await;
         for (ns, want) in &before {
+            let now = kernel_state(ns)?;
+            let gone: Vec<&String> = want.iter().filter(|l| !now.contains(l)).collect();
+            let new: Vec<&String> = now.iter().filter(|l| !want.contains(l)).collect();
             ensure!(
-                kernel_state(ns)? == *want,
-                "{ns}: routes or masquerade rules changed while the API server was down"
+                now == *want,
+                "{ns}: routes or masquerade rules changed while the API server was down: gone {gone:#?}, new {new:#?}"
             );
         }
         let (m, ok, total) = cluster::matrix(state);
