@@ -236,6 +236,27 @@ fn node_tools(bin: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The image archives every node imports (podnet's and the lab's), from `dir`, made
+/// absolute; an error names the first one missing and the scripts that build them.
+pub fn image_archives(dir: &Path) -> Result<Vec<PathBuf>, LabError> {
+    [
+        "podnet-operator.tar",
+        "podnet-daemon.tar",
+        "lab-pause.tar",
+        "lab-busybox.tar",
+    ]
+    .iter()
+    .map(|name| {
+        let p = dir.join(name);
+        std::fs::canonicalize(&p).map_err(|_| LabError::MissingTool {
+            name: "an image archive",
+            path: p,
+            hint: "run scripts/build-images.sh and scripts/build-lab-images.sh (scripts/lab and the test command do)",
+        })
+    })
+    .collect()
+}
+
 /// Options of a real-node lab.
 #[derive(Clone, Debug)]
 pub struct RealOptions {

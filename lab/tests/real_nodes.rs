@@ -179,21 +179,7 @@ fn images_dir() -> PathBuf {
 
 fn bring_up(suite: &Suite) -> anyhow::Result<RealLab> {
     let dir = images_dir();
-    let mut images = Vec::new();
-    for name in [
-        "podnet-operator.tar",
-        "podnet-daemon.tar",
-        "lab-pause.tar",
-        "lab-busybox.tar",
-    ] {
-        let p = dir.join(name);
-        ensure!(
-            p.is_file(),
-            "{} missing: run scripts/build-images.sh and scripts/build-lab-images.sh (the test command does)",
-            p.display()
-        );
-        images.push(std::fs::canonicalize(p)?);
-    }
+    let images = real::image_archives(&dir)?;
     let tag = format!("pnr{}", std::process::id());
     let state = PathBuf::from(format!("/run/{tag}"));
     let opts = RealOptions {
@@ -747,8 +733,9 @@ fn network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
     }
     docs.push_str(&policy_pod("peer-3", "lab-peer", &n3, "ok", &httpd));
     kubectl(lab, &["apply", "-f", "-"], &docs)?;
-    let cleanup = |lab: &RealLab| {
-        let _ = kubectl(
+    // The test's policies carry a label: one command deletes them all.
+    let delete_policies = |lab: &RealLab| {
+        kubectl(
             lab,
             &[
                 "delete",
@@ -760,7 +747,10 @@ fn network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
                 "--wait=true",
             ],
             "",
-        );
+        )
+    };
+    let cleanup = |lab: &RealLab| {
+        let _ = delete_policies(lab);
         let _ = kubectl(lab, &["delete", "-f", "-", "--wait=true"], &docs);
     };
     let result = (|| -> anyhow::Result<String> {
@@ -927,19 +917,7 @@ fn network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
         let _ = kubectl(lab, &["delete", "-f", "-", "--wait=true"], &fp);
         fp_result?;
         // 6. Policies gone: everything reachable again.
-        kubectl(
-            lab,
-            &[
-                "delete",
-                "networkpolicy",
-                "-n",
-                "lab",
-                "-l",
-                "podnet-test=policy",
-                "--wait=true",
-            ],
-            "",
-        )?;
+        delete_policies(lab)?;
         wait(
             "everything reachable again",
             Duration::from_secs(30),

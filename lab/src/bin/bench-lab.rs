@@ -433,21 +433,7 @@ fn main() -> anyhow::Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "bench-lab needs root (namespaces, cgroups, mounts)"
     );
-    let mut images = Vec::new();
-    for name in [
-        "podnet-operator.tar",
-        "podnet-daemon.tar",
-        "lab-pause.tar",
-        "lab-busybox.tar",
-    ] {
-        let p = cli.images.join(name);
-        ensure!(
-            p.is_file(),
-            "{} missing: run scripts/build-images.sh and scripts/build-lab-images.sh",
-            p.display()
-        );
-        images.push(std::fs::canonicalize(p)?);
-    }
+    let images = real::image_archives(&cli.images)?;
     let tag = format!("pnbl{}", std::process::id());
     let state = PathBuf::from(format!("/run/{tag}"));
     let opts = RealOptions {

@@ -172,26 +172,10 @@ async fn up(
             other => bail!("--proxy-modes: {other:?} is neither nftables nor iptables"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let archive = |name: &str| {
-        let p = images.join(name);
-        if p.is_file() {
-            Ok(std::fs::canonicalize(&p)?)
-        } else {
-            bail!(
-                "{} missing: scripts/lab builds the images (scripts/build-images.sh, scripts/build-lab-images.sh)",
-                p.display()
-            )
-        }
-    };
     let opts = RealOptions {
         nodes,
         proxy_modes: modes,
-        images: vec![
-            archive("podnet-operator.tar")?,
-            archive("podnet-daemon.tar")?,
-            archive("lab-pause.tar")?,
-            archive("lab-busybox.tar")?,
-        ],
+        images: real::image_archives(images)?,
         podnet_version: env!("CARGO_PKG_VERSION").into(),
     };
     let mut progress = progress;
