@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real components podnet's tests and lab run against — etcd; kube-apiserver, kubectl,
 # kube-controller-manager, kube-scheduler, kubelet and kube-proxy (k8s.io/kubernetes);
-# containerd 2.x; helm and cnitool — from the Go module proxy, once, into a cache outside the
+# containerd 2.x; helm and cnitool; CoreDNS; Kubernetes' e2e suite (e2e.test, ginkgo, agnhost) — from the Go module proxy, once, into a cache outside the
 # repository keyed by version. A second run finds the stamped binaries and returns at once.
 #
 #   scripts/build-tools.sh            # build what is missing, print the bin dir
@@ -16,6 +16,7 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CNI_VERSION="${CNI_VERSION:-v1.3.0}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.2.9}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 CACHE="${PODNET_TOOLS_CACHE:-/var/cache/podnet-tools}"
 
 die() { echo "build-tools: $*" >&2; exit 1; }
@@ -45,24 +46,18 @@ finish() {
   mv "$1" "$2"
 }
 
-# build_kubernetes NAME CMD...: the k8s.io/kubernetes commands CMD (cmd/<CMD>) into
-# $CACHE/NAME-$K8S_VERSION. k8s.io/kubernetes replaces its staging modules with local paths,
-# which `go install` refuses; a wrapper module pins each of them to its published v0.x twin.
-# Builds share Go's build cache, so the second set compiles only what the first did not.
-build_kubernetes() {
-  local name=$1; shift
-  local dest="$CACHE/$name-$K8S_VERSION"
-  stamped "$dest" && return 0
-  proxy_check
-  step "building $* $K8S_VERSION (cold: 10-25 min on 2 cores for the first set)"
-  local work; work=$(mktemp -d "$CACHE/.$name-build.XXXXXX")
-  trap 'rm -rf "$work"' RETURN
+# wrapper_module WORK MODULE PKG...: $WORK/mod, a module that requires k8s.io/kubernetes
+# $K8S_VERSION and imports PKG... (build tag "tools"). k8s.io/kubernetes replaces its staging
+# modules with local paths, which a dependent module cannot follow; the wrapper pins each
+# of them to its published v0.x twin.
+wrapper_module() {
+  local work=$1 module=$2; shift 2
   local staging_ver="v0${K8S_VERSION#v1}"
-  mkdir -p "$work/mod" "$work/out"
+  mkdir -p "$work/mod"
   curl -fsS -m 60 "${GOPROXY%%,*}/k8s.io/kubernetes/@v/${K8S_VERSION}.mod" -o "$work/k8s.mod" \
     || die "cannot fetch k8s.io/kubernetes ${K8S_VERSION} go.mod from the proxy"
   {
-    echo "module podnet.dev/tools/kubernetes"
+    echo "module $module"
     echo
     echo "go 1.26.0"
     echo
@@ -77,18 +72,41 @@ build_kubernetes() {
     echo "package tools"
     echo
     echo "import ("
-    local c
-    for c in "$@"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done
+    local p
+    for p in "$@"; do echo "	_ \"$p\""; done
     echo ")"
   } > "$work/mod/tools.go"
+}
+
+# The version Kubernetes binaries report (what `make` stamps in).
+version_ldflags() {
   local maj=${K8S_VERSION#v}; maj=${maj%%.*}
   local min=${K8S_VERSION#v*.}; min=${min%%.*}
-  local ld="-s -w"
-  local pkg
+  local ld="-s -w" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$maj -X $pkg.gitMinor=$min"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
+  echo "$ld"
+}
+
+# build_kubernetes NAME CMD...: the k8s.io/kubernetes commands CMD (cmd/<CMD>) into
+# $CACHE/NAME-$K8S_VERSION. k8s.io/kubernetes replaces its staging modules with local paths,
+# which `go install` refuses; a wrapper module pins each of them to its published v0.x twin.
+# Builds share Go's build cache, so the second set compiles only what the first did not.
+build_kubernetes() {
+  local name=$1; shift
+  local dest="$CACHE/$name-$K8S_VERSION"
+  stamped "$dest" && return 0
+  proxy_check
+  step "building $* $K8S_VERSION (cold: 10-25 min on 2 cores for the first set)"
+  local work; work=$(mktemp -d "$CACHE/.$name-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  local pkgs=() c
+  for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  wrapper_module "$work" podnet.dev/tools/kubernetes "${pkgs[@]}"
+  mkdir -p "$work/out"
+  local ld; ld=$(version_ldflags)
   (
     cd "$work/mod"
     go mod tidy -e >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the kubernetes wrapper module"; }
@@ -102,6 +120,33 @@ build_kubernetes() {
   done
   mkdir -p "$work/pub"
   for c in "$@"; do mv "$work/out/$c" "$work/pub/"; done
+  finish "$work/pub" "$dest"
+}
+
+# The upstream test suite, from the same k8s.io/kubernetes version as the control plane:
+# e2e.test (`go test -c` of test/e2e), the ginkgo CLI at the version k8s.io/kubernetes pins,
+# and agnhost (test/images/agnhost), the binary of the e2e framework's main test image
+# (scripts/build-lab-images.sh packs it). Same wrapper module as build_kubernetes.
+build_e2e() {
+  local dest="$CACHE/e2e-$K8S_VERSION"
+  stamped "$dest" && return 0
+  proxy_check
+  step "building e2e.test, ginkgo and agnhost $K8S_VERSION (cold: ~5 min after the kubernetes set)"
+  local work; work=$(mktemp -d "$CACHE/.e2e-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  wrapper_module "$work" podnet.dev/tools/e2e \
+    github.com/onsi/ginkgo/v2/ginkgo k8s.io/kubernetes/test/e2e k8s.io/kubernetes/test/images/agnhost
+  mkdir -p "$work/pub"
+  (
+    cd "$work/mod"
+    go mod tidy -e >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the e2e wrapper module"; }
+    go test -c -ldflags "$(version_ldflags)" -o "$work/pub/e2e.test" k8s.io/kubernetes/test/e2e
+    go build -ldflags "-s -w" -o "$work/pub/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
+    go build -ldflags "$(version_ldflags)" -o "$work/pub/agnhost" k8s.io/kubernetes/test/images/agnhost
+  ) || die "building the e2e binaries $K8S_VERSION failed (see output above)"
+  "$work/pub/e2e.test" --version 2>/dev/null | grep -qx "$K8S_VERSION" || die "built e2e.test does not report $K8S_VERSION"
+  "$work/pub/ginkgo" version >/dev/null || die "built ginkgo does not run"
+  "$work/pub/agnhost" --help >/dev/null || die "built agnhost does not run"
   finish "$work/pub" "$dest"
 }
 
@@ -182,6 +227,10 @@ build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
 build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool ""
 build_kubernetes kubernetes-node kube-controller-manager kube-scheduler kubelet kube-proxy
 build_containerd
+build_e2e
+# Cluster DNS of the real-node lab (Kubernetes' DNS conformance tests need it).
+build_go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+  "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
 
 # One directory of symlinks so callers need a single PATH entry.
 bin="$CACHE/bin"
@@ -196,5 +245,9 @@ for c in kube-controller-manager kube-scheduler kubelet kube-proxy; do
 done
 for c in containerd containerd-shim-runc-v2 ctr; do
   ln -sfn "$CACHE/containerd-$CONTAINERD_VERSION/$c" "$bin/$c"
+done
+ln -sfn "$CACHE/coredns-$COREDNS_VERSION/coredns" "$bin/coredns"
+for c in e2e.test ginkgo agnhost; do
+  ln -sfn "$CACHE/e2e-$K8S_VERSION/$c" "$bin/$c"
 done
 echo "$bin"

@@ -106,15 +106,38 @@ fn backend(conf: &NetConf) -> Backend {
         .unwrap_or_else(|| podnet_firewall::choose(Setting::Auto, &Runner::default().facts()).0)
 }
 
+/// Writes the firewall for `all`, and the bridge's `route_localnet` with it: on once a
+/// mapping on a loopback hostIP exists (after the rules, whose guard keeps 127.0.0.0/8
+/// closed to pods, are in), off again before the rules without the last one are written.
 fn program(conf: &NetConf, all: &[Attachment]) -> Result<(), CniError> {
     let backend = backend(conf);
+    let loopback = hostports::any_loopback(all);
+    if !loopback {
+        route_localnet(&conf.bridge, false)?;
+    }
     hostports::program(backend, &Runner::default(), all, &conf.pod_cidrs).map_err(|e| {
         CniError::new(
             Code::Io,
             format!("cannot program hostPorts in {backend}"),
             e.to_string(),
         )
-    })
+    })?;
+    if loopback {
+        route_localnet(&conf.bridge, true)?;
+    }
+    Ok(())
+}
+
+/// Sets `net.ipv4.conf.<bridge>.route_localnet` (a bridge that does not exist yet has
+/// nothing to set; writes only on a difference).
+fn route_localnet(bridge: &str, on: bool) -> Result<(), CniError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
+    let want = if on { "1" } else { "0" };
+    match fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(have) if have.trim() == want => Ok(()),
+        _ => fs::write(&path, want).map_err(io(format!("writing {}", path.display()))),
+    }
 }
 
 /// ADD: records the attachment's mappings and programs them. A port another

@@ -1348,3 +1348,120 @@ fn host_ports_reach_the_pod_from_everywhere_in_both_firewalls() {
         assert_eq!(records, 0, "hostPort records left");
     }
 }
+
+/// A hostPort on hostIP 127.0.0.1 (what Kubernetes' HostPort conformance test asks for)
+/// is reached from the node itself, TCP and UDP, in both firewalls; while it exists the
+/// bridge has `route_localnet` and the guard keeps the node's loopback closed to pods
+/// (a pod routing 127.0.0.0/8 to its gateway reaches nothing); after DEL both are gone.
+#[test]
+fn a_loopback_host_port_is_reached_from_the_node_and_guarded_from_pods() {
+    require_root();
+    for (i, firewall) in ["nftables", "iptables-nft"].into_iter().enumerate() {
+        let (v4, v6) = [
+            ("10.244.42.0/24", "fd00:10:244:42::/64"),
+            ("10.244.43.0/24", "fd00:10:244:43::/64"),
+        ][i];
+        let gateway = format!("10.244.{}.1", 42 + i);
+        let node = Node::new(&[v4, v6]);
+        let mut conf = node.conf("1.1.0");
+        conf["firewall"] = json!(firewall);
+        conf["capabilities"] = json!({"portMappings": true});
+        let mut mapped = conf.clone();
+        mapped["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+            {"hostPort": 8081, "containerPort": 80, "protocol": "udp", "hostIP": "127.0.0.1"},
+        ]});
+        let (a, b) = (Netns::new("pncni-lpa"), Netns::new("pncni-lpb"));
+        let (ok, v) = node.cni("ADD", "lp-a", &a.path(), "eth0", &mapped);
+        assert!(ok, "{firewall}: ADD with a loopback hostIP: {v}");
+        let (ok, v) = node.cni("ADD", "lp-b", &b.path(), "eth0", &conf);
+        assert!(ok, "{firewall}: ADD: {v}");
+        let _echo = PeerEcho::start(&a.0, 80);
+        let localnet = || {
+            String::from_utf8_lossy(
+                &node
+                    .ns
+                    .exec(&["cat", "/proc/sys/net/ipv4/conf/podnet0/route_localnet"])
+                    .stdout,
+            )
+            .trim()
+            .to_string()
+        };
+        assert_eq!(localnet(), "1", "{firewall}: route_localnet on the bridge");
+        for udp in [false, true] {
+            // The node: its connection leaves masqueraded to the bridge's address.
+            assert_eq!(
+                seen_eventually(&node.ns.0, "127.0.0.1", 8081, udp).as_deref(),
+                Some(gateway.as_str()),
+                "{firewall}: the node -> 127.0.0.1:8081 (udp: {udp})\n{}",
+                hostport_rules(&node)
+            );
+        }
+        // A pod aiming at the node's loopback: a service on the node's 127.0.0.1, and a
+        // pod that routes 127.0.0.0/8 to its gateway (root in its namespace can).
+        let _node_service = PeerEcho::start(&node.ns.0, 9099);
+        assert!(
+            seen_eventually(&node.ns.0, "127.0.0.1", 9099, false).is_some(),
+            "the node's own loopback service answers the node"
+        );
+        for cmd in [
+            vec!["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
+            vec![
+                "ip",
+                "route",
+                "del",
+                "local",
+                "127.0.0.0/8",
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ],
+            vec![
+                "ip",
+                "route",
+                "add",
+                "127.0.0.0/8",
+                "via",
+                &gateway,
+                "dev",
+                "eth0",
+            ],
+        ] {
+            let out = b.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "pod b: {cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // (127.0.0.2: the pod's own 127.0.0.1 stays local whatever its routes say.)
+        let route = b.exec(&["ip", "route", "get", "127.0.0.2"]);
+        assert!(
+            String::from_utf8_lossy(&route.stdout).contains(&format!("via {gateway}")),
+            "pod b does not route 127.0.0.2 to its gateway: {}",
+            String::from_utf8_lossy(&route.stdout)
+        );
+        for udp in [false, true] {
+            assert_eq!(
+                seen_from(&b.0, "127.0.0.2", 9099, udp),
+                None,
+                "{firewall}: a pod reached the node's 127.0.0.2:9099 (udp: {udp})"
+            );
+        }
+        // DEL: the mapping, the guard and route_localnet go.
+        let (ok, v) = node.cni("DEL", "lp-a", &a.path(), "eth0", &mapped);
+        assert!(ok, "{firewall}: DEL: {v}");
+        assert_eq!(localnet(), "0", "{firewall}: route_localnet after DEL");
+        let rules = hostport_rules(&node);
+        assert!(!rules.contains("127.0.0.1"), "{firewall}: left {rules}");
+        let filter = node.ns.exec(&["iptables-nft-save", "-t", "filter"]);
+        assert!(
+            !String::from_utf8_lossy(&filter.stdout).contains("PODNET-HOSTPORTS-GUARD"),
+            "{firewall}: the iptables guard is left"
+        );
+        let (ok, v) = node.cni("DEL", "lp-b", &b.path(), "eth0", &conf);
+        assert!(ok, "{firewall}: DEL b: {v}");
+    }
+}

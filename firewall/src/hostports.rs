@@ -9,17 +9,30 @@
 //! ```text
 //! table inet podnet-hostports {
 //!   chain prerouting  { nat prerouting dstnat: fib daddr type local jump hostports }
-//!   chain output      { nat output -100: the same, but not for loopback destinations }
+//!   chain output      { nat output -100: the same, but not for loopback destinations;
+//!                       ip daddr 127.0.0.0/8 jump loopback }
 //!   chain hostports   { [ip daddr <hostIP>] tcp dport <hostPort> dnat ip to <pod>:<port> }
+//!   chain loopback    { ip daddr 127.0.0.1 tcp dport <hostPort> dnat ip to <pod>:<port> }
 //!   chain postrouting { nat postrouting srcnat: a pod of this node reaching a hostPort
 //!                       (its own: hairpin) is masqueraded, so the reply comes back
-//!                       through the host and is un-DNATed }
+//!                       through the host and is un-DNATed; so is the node itself
+//!                       reaching a loopback hostPort (source 127.0.0.1) }
+//!   chain guard       { filter input: nothing but replies reaches 127.0.0.0/8 from
+//!                       outside lo }
 //! }
 //! ```
 //!
+//! A hostPort on a loopback hostIP (IPv4 only, as the reference portmap plugin) is
+//! reachable from the node itself: podnet-cni sets `route_localnet` on its bridge while
+//! such a mapping exists (a DNATed packet from 127.0.0.1 may then leave through it), and
+//! the `guard` keeps that from opening the node's loopback services to pods
+//! (CVE-2020-8558): only replies to the node's own connections get through.
+//!
 //! iptables: chains `PODNET-HOSTPORTS` (jumped to from PREROUTING and OUTPUT for local
-//! destinations) and `PODNET-HOSTPORTS-MASQ` (from POSTROUTING), per family, replaced as a
-//! whole with one `iptables-restore --noflush`.
+//! destinations), `PODNET-HOSTPORTS-LOCAL` (IPv4: from OUTPUT for 127.0.0.0/8) and
+//! `PODNET-HOSTPORTS-MASQ` (from POSTROUTING) in the nat table, per family, replaced as a
+//! whole with one `iptables-restore --noflush`; `PODNET-HOSTPORTS-GUARD` (filter, from
+//! INPUT) while a loopback mapping exists.
 //!
 //! Everything but [`program`], [`remove_from`] and [`verify`] is pure.
 
@@ -38,10 +51,24 @@ pub const TABLE: &str = "podnet-hostports";
 pub const CHAIN: &str = "PODNET-HOSTPORTS";
 /// The iptables masquerade chain (local pods reaching a hostPort).
 pub const MASQ_CHAIN: &str = "PODNET-HOSTPORTS-MASQ";
+/// The iptables DNAT chain of loopback hostIPs (IPv4; from OUTPUT).
+pub const LOCAL_CHAIN: &str = "PODNET-HOSTPORTS-LOCAL";
+/// The iptables filter chain that keeps 127.0.0.0/8 closed to pods.
+pub const GUARD_CHAIN: &str = "PODNET-HOSTPORTS-GUARD";
+/// The guard: towards 127.0.0.0/8 from outside lo, replies (to the node's own
+/// connections) only; invalid and untracked packets are dropped too. (nft's
+/// `ct state != established,related` compares the whole bitmask and drops replies.)
+const NFT_GUARD: [&str; 2] = [
+    "iif != \"lo\" ip daddr 127.0.0.0/8 ct direction reply accept",
+    "iif != \"lo\" ip daddr 127.0.0.0/8 drop",
+];
+/// The guard rule, as `iptables-save` prints it.
+const GUARD_RULE: &str = "-A PODNET-HOSTPORTS-GUARD -d 127.0.0.0/8 ! -i lo -m conntrack ! --ctstate RELATED,ESTABLISHED -j DROP";
 
-const HOOKS4: [&str; 3] = [
+const HOOKS4: [&str; 4] = [
     "-A PREROUTING -m comment --comment \"podnet hostports\" -m addrtype --dst-type LOCAL -j PODNET-HOSTPORTS",
     "-A OUTPUT ! -d 127.0.0.0/8 -m comment --comment \"podnet hostports\" -m addrtype --dst-type LOCAL -j PODNET-HOSTPORTS",
+    "-A OUTPUT -d 127.0.0.0/8 -m comment --comment \"podnet hostports loopback\" -j PODNET-HOSTPORTS-LOCAL",
     "-A POSTROUTING -m comment --comment \"podnet hostports\" -j PODNET-HOSTPORTS-MASQ",
 ];
 const HOOKS6: [&str; 3] = [
@@ -50,12 +77,31 @@ const HOOKS6: [&str; 3] = [
     "-A POSTROUTING -m comment --comment \"podnet hostports\" -j PODNET-HOSTPORTS-MASQ",
 ];
 
+const GUARD_HOOKS: [&str; 1] =
+    ["-A INPUT -m comment --comment \"podnet hostports loopback\" -j PODNET-HOSTPORTS-GUARD"];
+
+/// podnet's nat chains of one family, in the order of [`iptables_rules`]' lists.
 fn owned(v6: bool) -> Owned<'static> {
-    Owned {
-        chains: &[CHAIN, MASQ_CHAIN],
-        hooks: if v6 { &HOOKS6 } else { &HOOKS4 },
+    if v6 {
+        Owned {
+            table: "nat",
+            chains: &[CHAIN, MASQ_CHAIN],
+            hooks: &HOOKS6,
+        }
+    } else {
+        Owned {
+            table: "nat",
+            chains: &[CHAIN, MASQ_CHAIN, LOCAL_CHAIN],
+            hooks: &HOOKS4,
+        }
     }
 }
+
+const GUARD: Owned<'static> = Owned {
+    table: "filter",
+    chains: &[GUARD_CHAIN],
+    hooks: &GUARD_HOOKS,
+};
 
 /// A transport protocol a hostPort can map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -140,11 +186,16 @@ impl PortMapping {
                 (!ip.is_unspecified()).then_some(ip)
             }
         };
-        if host_ip.is_some_and(|ip| ip.is_loopback() || ip.is_multicast()) {
-            return Err(format!(
-                "hostIP {} cannot take a hostPort (loopback or multicast)",
-                host_ip.map(|i| i.to_string()).unwrap_or_default()
-            ));
+        match host_ip {
+            Some(ip) if ip.is_multicast() => {
+                return Err(format!("hostIP {ip} cannot take a hostPort (multicast)"));
+            }
+            Some(ip @ IpAddr::V6(_)) if ip.is_loopback() => {
+                return Err(format!(
+                    "hostIP {ip} cannot take a hostPort (IPv6 loopback cannot be forwarded to a pod; 127.0.0.1 can)"
+                ));
+            }
+            _ => {}
         }
         Ok(Self {
             host_port,
@@ -152,6 +203,11 @@ impl PortMapping {
             protocol,
             host_ip,
         })
+    }
+
+    /// Whether its hostIP is an IPv4 loopback address (reachable from the node only).
+    pub fn is_loopback(&self) -> bool {
+        self.host_ip.is_some_and(|ip| ip.is_loopback())
     }
 
     fn describe(&self) -> String {
@@ -283,11 +339,11 @@ fn nft_dnat(d: &Dnat<'_>) -> String {
     )
 }
 
-fn nft_masq(d: &Dnat<'_>, cidr: &IpNet) -> String {
+fn nft_masq(d: &Dnat<'_>, source: &IpNet) -> String {
     let m = d.mapping;
     let fam = if d.pod_ip.is_ipv6() { "ip6" } else { "ip" };
     format!(
-        "{fam} saddr {cidr} {fam} daddr {ip} {proto} dport {cp} ct status dnat ct original proto-dst {hp} masquerade comment \"{owner}\"",
+        "{fam} saddr {source} {fam} daddr {ip} {proto} dport {cp} ct status dnat ct original proto-dst {hp} masquerade comment \"{owner}\"",
         ip = d.pod_ip,
         proto = m.protocol.as_str(),
         cp = m.container_port,
@@ -300,42 +356,99 @@ fn local_cidr(pod_cidrs: &[IpNet], ip: IpAddr) -> Option<&IpNet> {
     pod_cidrs.iter().find(|c| c.contains(&ip))
 }
 
-/// The rules of the `hostports` and `postrouting` chains, as `nft list` prints them.
-pub fn nft_rules(all: &[Attachment], pod_cidrs: &[IpNet]) -> (Vec<String>, Vec<String>) {
-    let mut dnat = Vec::new();
-    let mut masq = Vec::new();
+/// The IPv4 loopback range: the source of the node's own connections to a loopback
+/// hostPort.
+fn loopback_net() -> IpNet {
+    IpNet::from(ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default())
+}
+
+/// The rules of the nftables chains, as `nft list` prints them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NftRules {
+    /// `hostports`: mappings on every node address or a given one.
+    pub dnat: Vec<String>,
+    /// `loopback`: mappings on a loopback hostIP.
+    pub loopback: Vec<String>,
+    /// `postrouting`: hairpin and loopback masquerade.
+    pub masq: Vec<String>,
+}
+
+impl NftRules {
+    /// Every rule.
+    pub fn all(self) -> impl Iterator<Item = String> {
+        self.dnat.into_iter().chain(self.loopback).chain(self.masq)
+    }
+}
+
+/// The rules of the table's chains for `all`.
+pub fn nft_rules(all: &[Attachment], pod_cidrs: &[IpNet]) -> NftRules {
+    let mut out = NftRules::default();
     for a in all {
         for d in a.dnats() {
-            dnat.push(nft_dnat(&d));
+            if d.mapping.is_loopback() {
+                out.loopback.push(nft_dnat(&d));
+                out.masq.push(nft_masq(&d, &loopback_net()));
+                continue;
+            }
+            out.dnat.push(nft_dnat(&d));
             if let Some(c) = local_cidr(pod_cidrs, d.pod_ip) {
-                masq.push(nft_masq(&d, c));
+                out.masq.push(nft_masq(&d, c));
             }
         }
     }
-    (dnat, masq)
+    out
 }
 
 /// The `nft -f` script that makes the table hold exactly `all`'s mappings (deleting it
 /// when there are none), in one transaction.
 pub fn render_nft(all: &[Attachment], pod_cidrs: &[IpNet]) -> String {
-    let (dnat, masq) = nft_rules(all, pod_cidrs);
+    let rules = nft_rules(all, pod_cidrs);
     let mut s = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
-    if dnat.is_empty() {
+    if rules.dnat.is_empty() && rules.loopback.is_empty() {
         return s;
     }
+    let chain = |s: &mut String, name: &str, rules: &[String]| {
+        s.push_str(&format!("  chain {name} {{\n"));
+        for r in rules {
+            s.push_str(&format!("    {r}\n"));
+        }
+        s.push_str("  }\n");
+    };
     s.push_str(&format!("table inet {TABLE} {{\n"));
     s.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump hostports\n  }\n");
-    s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n    ip daddr != 127.0.0.0/8 fib daddr type local jump hostports\n    ip6 daddr != ::1 fib daddr type local jump hostports\n  }\n");
-    s.push_str("  chain hostports {\n");
-    for r in &dnat {
-        s.push_str(&format!("    {r}\n"));
+    s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n    ip daddr != 127.0.0.0/8 fib daddr type local jump hostports\n    ip6 daddr != ::1 fib daddr type local jump hostports\n");
+    if !rules.loopback.is_empty() {
+        s.push_str("    ip daddr 127.0.0.0/8 jump loopback\n");
     }
-    s.push_str("  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
-    for r in &masq {
-        s.push_str(&format!("    {r}\n"));
+    s.push_str("  }\n");
+    chain(&mut s, "hostports", &rules.dnat);
+    if !rules.loopback.is_empty() {
+        chain(&mut s, "loopback", &rules.loopback);
     }
-    s.push_str("  }\n}\n");
+    let masq = format!(
+        "type nat hook postrouting priority srcnat; policy accept;\n    {}",
+        rules.masq.join("\n    ")
+    );
+    chain(&mut s, "postrouting", &[masq.trim_end().to_string()]);
+    if !rules.loopback.is_empty() {
+        chain(
+            &mut s,
+            "guard",
+            &[format!(
+                "type filter hook input priority filter; policy accept;\n    {}",
+                NFT_GUARD.join("\n    ")
+            )],
+        );
+    }
+    s.push_str("}\n");
     s
+}
+
+/// Whether any of `all`'s mappings is on a loopback hostIP (the bridge then needs
+/// `route_localnet`, and the guard is in place).
+pub fn any_loopback(all: &[Attachment]) -> bool {
+    all.iter()
+        .any(|a| a.mappings.iter().any(PortMapping::is_loopback))
 }
 
 /// The two chains' rules for one family, exactly as `iptables-save` prints them (a
@@ -343,6 +456,7 @@ pub fn render_nft(all: &[Attachment], pod_cidrs: &[IpNet]) -> String {
 pub fn iptables_rules(all: &[Attachment], pod_cidrs: &[IpNet], v6: bool) -> Vec<Vec<String>> {
     let mut dnat = Vec::new();
     let mut masq = Vec::new();
+    let mut local = Vec::new();
     for a in all {
         for d in a.dnats().into_iter().filter(|d| d.pod_ip.is_ipv6() == v6) {
             let m = d.mapping;
@@ -356,12 +470,19 @@ pub fn iptables_rules(all: &[Attachment], pod_cidrs: &[IpNet], v6: bool) -> Vec<
             } else {
                 format!("{}:{}", d.pod_ip, m.container_port)
             };
-            dnat.push(format!(
-                "-A {CHAIN}{host} -p {p} -m comment --comment {o} -m {p} --dport {hp} -j DNAT --to-destination {to}",
+            let loopback = m.is_loopback();
+            (if loopback { &mut local } else { &mut dnat }).push(format!(
+                "-A {chain}{host} -p {p} -m comment --comment {o} -m {p} --dport {hp} -j DNAT --to-destination {to}",
+                chain = if loopback { LOCAL_CHAIN } else { CHAIN },
                 o = d.owner,
                 hp = m.host_port
             ));
-            if let Some(c) = local_cidr(pod_cidrs, d.pod_ip) {
+            let source = if loopback {
+                Some(loopback_net())
+            } else {
+                local_cidr(pod_cidrs, d.pod_ip).copied()
+            };
+            if let Some(c) = source {
                 masq.push(format!(
                     "-A {MASQ_CHAIN} -s {c} -d {ip}/{bits} -p {p} -m comment --comment {o} -m {p} --dport {cp} -m conntrack --ctstate DNAT --ctorigdstport {hp} -j MASQUERADE",
                     ip = d.pod_ip,
@@ -373,7 +494,11 @@ pub fn iptables_rules(all: &[Attachment], pod_cidrs: &[IpNet], v6: bool) -> Vec<
             }
         }
     }
-    vec![dnat, masq]
+    if v6 {
+        vec![dnat, masq]
+    } else {
+        vec![dnat, masq, local]
+    }
 }
 
 fn nft_table_exists(runner: &Runner) -> Result<bool, FirewallError> {
@@ -401,10 +526,18 @@ pub fn program(
                 runner: runner.clone(),
                 variant,
             };
+            // The guard goes in before the first loopback mapping and out after the last.
+            let guard = any_loopback(all).then(|| vec![vec![GUARD_RULE.to_string()]]);
+            if guard.is_some() {
+                ipt.sync(false, GUARD, guard.as_deref())?;
+            }
             for v6 in [false, true] {
                 let rules = iptables_rules(all, pod_cidrs, v6);
                 let want = (!rules.iter().all(Vec::is_empty)).then_some(rules);
                 ipt.sync(v6, owned(v6), want.as_deref())?;
+            }
+            if guard.is_none() {
+                ipt.sync(false, GUARD, None)?;
             }
         }
     }
@@ -437,6 +570,7 @@ pub fn remove_from(backend: Backend, runner: &Runner) -> Result<bool, FirewallEr
             for v6 in [false, true] {
                 any |= ipt.sync(v6, owned(v6), None)?;
             }
+            any |= ipt.sync(false, GUARD, None)?;
             Ok(any)
         }
     }
@@ -456,9 +590,8 @@ pub fn verify(
                 .run("nft", &["list", "table", "inet", TABLE], None)
                 .map_err(|e| e.to_string())?;
             let have: Vec<&str> = listed.lines().map(str::trim).collect();
-            let (dnat, masq) = nft_rules(one, pod_cidrs);
-            dnat.into_iter()
-                .chain(masq)
+            nft_rules(one, pod_cidrs)
+                .all()
                 .filter(|r| !have.contains(&r.as_str()))
                 .collect()
         }
@@ -473,7 +606,7 @@ pub fn verify(
                 if want.iter().all(Vec::is_empty) {
                     continue;
                 }
-                let save = ipt.save_nat(v6).map_err(|e| e.to_string())?;
+                let save = ipt.save(v6, "nat").map_err(|e| e.to_string())?;
                 let have: Vec<&str> = save.lines().collect();
                 missing.extend(
                     want.into_iter()
@@ -544,10 +677,79 @@ mod tests {
             json!({"hostPort": "80", "containerPort": 80}),
             json!({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}),
             json!({"hostPort": 80, "containerPort": 80, "hostIP": "nope"}),
-            json!({"hostPort": 80, "containerPort": 80, "hostIP": "127.0.0.1"}),
+            json!({"hostPort": 80, "containerPort": 80, "hostIP": "::1"}),
+            json!({"hostPort": 80, "containerPort": 80, "hostIP": "224.0.0.1"}),
         ] {
             assert!(PortMapping::from_runtime(&bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_loopback_host_ip_is_reached_from_the_node_only_and_guarded() {
+        let lo = pm(json!({"hostPort": 54323, "containerPort": 8080, "hostIP": "127.0.0.1"}));
+        assert!(lo.is_loopback());
+        let a = att("pnl", &["10.244.1.5", "fd00::5"], vec![lo]);
+        assert_eq!(a.dnats().len(), 1, "IPv4 only");
+        let cidrs: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let rules = nft_rules(std::slice::from_ref(&a), &cidrs);
+        assert!(
+            rules.dnat.is_empty(),
+            "not in the chain every node address reaches"
+        );
+        assert_eq!(
+            rules.loopback,
+            ["ip daddr 127.0.0.1 tcp dport 54323 dnat ip to 10.244.1.5:8080 comment \"pnl\""]
+        );
+        assert_eq!(
+            rules.masq,
+            [
+                "ip saddr 127.0.0.0/8 ip daddr 10.244.1.5 tcp dport 8080 ct status dnat ct original proto-dst 54323 masquerade comment \"pnl\""
+            ]
+        );
+        let script = render_nft(std::slice::from_ref(&a), &cidrs);
+        assert!(
+            script.contains("ip daddr 127.0.0.0/8 jump loopback"),
+            "{script}"
+        );
+        assert!(
+            script.contains("type filter hook input priority filter"),
+            "{script}"
+        );
+        assert!(NFT_GUARD.iter().all(|g| script.contains(g)), "{script}");
+        assert!(any_loopback(std::slice::from_ref(&a)));
+
+        let v4 = iptables_rules(std::slice::from_ref(&a), &cidrs, false);
+        assert!(v4[0].is_empty());
+        assert_eq!(
+            v4[2],
+            [
+                "-A PODNET-HOSTPORTS-LOCAL -d 127.0.0.1/32 -p tcp -m comment --comment pnl -m tcp --dport 54323 -j DNAT --to-destination 10.244.1.5:8080"
+            ]
+        );
+        assert_eq!(
+            v4[1],
+            [
+                "-A PODNET-HOSTPORTS-MASQ -s 127.0.0.0/8 -d 10.244.1.5/32 -p tcp -m comment --comment pnl -m tcp --dport 8080 -m conntrack --ctstate DNAT --ctorigdstport 54323 -j MASQUERADE"
+            ]
+        );
+        assert!(
+            iptables_rules(std::slice::from_ref(&a), &cidrs, true)
+                .iter()
+                .all(Vec::is_empty)
+        );
+
+        // Without loopback mappings: no loopback chain, no guard.
+        let any = att(
+            "pna",
+            &["10.244.1.6"],
+            vec![pm(json!({"hostPort": 80, "containerPort": 80}))],
+        );
+        let script = render_nft(std::slice::from_ref(&any), &cidrs);
+        assert!(
+            !script.contains("loopback") && !script.contains("guard"),
+            "{script}"
+        );
+        assert!(!any_loopback(std::slice::from_ref(&any)));
     }
 
     #[test]

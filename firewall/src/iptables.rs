@@ -33,10 +33,12 @@ impl Variant {
     }
 }
 
-/// A set of podnet's own chains in the nat table and the rules of built-in chains that
-/// jump to them (each a whole `-A <BUILTIN> ... -j <CHAIN>` line).
+/// A set of podnet's own chains in one table and the rules of built-in chains that jump
+/// to them (each a whole `-A <BUILTIN> ... -j <CHAIN>` line).
 #[derive(Clone, Copy, Debug)]
 pub struct Owned<'a> {
+    /// The table (`nat`, `filter`).
+    pub table: &'a str,
     /// podnet's chains.
     pub chains: &'a [&'a str],
     /// The jumps into them.
@@ -53,7 +55,7 @@ pub struct Present {
     pub chains: Vec<Option<Vec<String>>>,
 }
 
-/// Parses `iptables-save -t nat` for `owned` (pure). A hook is recognised by its
+/// Parses `iptables-save -t <table>` for `owned` (pure). A hook is recognised by its
 /// built-in chain, its comment and its target, however iptables orders its matches.
 pub fn read_owned(save: &str, owned: Owned<'_>) -> Present {
     let mut out = Present {
@@ -106,7 +108,7 @@ pub fn restore_script(
     present: &Present,
     want: Option<&[Vec<String>]>,
 ) -> Option<String> {
-    let mut text = String::from("*nat\n");
+    let mut text = format!("*{}\n", owned.table);
     match want {
         Some(rules) => {
             let same = present.hooks.iter().all(|h| *h)
@@ -173,14 +175,14 @@ impl Iptables {
         format!("{family}-{variant}-{what}")
     }
 
-    /// The nat table as `iptables-save` prints it; empty when the legacy nat table is
-    /// not loaded (asking would load it).
-    pub fn save_nat(&self, v6: bool) -> Result<String, FirewallError> {
-        if self.variant == Variant::Legacy && !self.runner.legacy_nat_loaded(v6) {
+    /// One table as `iptables-save` prints it; empty when the legacy table is not
+    /// loaded (asking would load it).
+    pub fn save(&self, v6: bool, table: &str) -> Result<String, FirewallError> {
+        if self.variant == Variant::Legacy && !self.runner.legacy_table_loaded(v6, table) {
             return Ok(String::new());
         }
         self.runner
-            .run(&self.tool(v6, "save"), &["-t", "nat"], None)
+            .run(&self.tool(v6, "save"), &["-t", table], None)
     }
 
     /// Makes `owned` hold `want` in one family (see [`restore_script`]); whether it wrote.
@@ -190,7 +192,7 @@ impl Iptables {
         owned: Owned<'_>,
         want: Option<&[Vec<String>]>,
     ) -> Result<bool, FirewallError> {
-        let present = read_owned(&self.save_nat(v6)?, owned);
+        let present = read_owned(&self.save(v6, owned.table)?, owned);
         match restore_script(owned, &present, want) {
             None => Ok(false),
             Some(text) => {
@@ -206,6 +208,7 @@ impl Iptables {
 }
 
 const MASQUERADE: Owned<'static> = Owned {
+    table: "nat",
     chains: &[CHAIN],
     hooks: &[HOOK],
 };
@@ -339,6 +342,7 @@ mod tests {
             )
         );
         let owned = Owned {
+            table: "nat",
             chains: &["PODNET-HOSTPORTS"],
             hooks: &[hook],
         };

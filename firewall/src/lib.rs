@@ -264,18 +264,18 @@ impl Runner {
         }
     }
 
-    /// Whether the legacy xtables nat table of a family is loaded. Asking
-    /// `iptables-legacy-save -t nat` on a node that never used legacy iptables would load
+    /// Whether a legacy xtables table of a family is loaded. Asking
+    /// `iptables-legacy-save -t <table>` on a node that never used legacy iptables would load
     /// it (the kernel autoloads the module), leaving empty legacy tables behind that
     /// confuse every later detection: podnet never does.
-    pub fn legacy_nat_loaded(&self, v6: bool) -> bool {
+    pub fn legacy_table_loaded(&self, v6: bool, table: &str) -> bool {
         let file = if v6 {
             "ip6_tables_names"
         } else {
             "ip_tables_names"
         };
         self.proc_net(file)
-            .is_some_and(|names| names.lines().any(|l| l.trim() == "nat"))
+            .is_some_and(|names| names.lines().any(|l| l.trim() == table))
     }
 
     /// Looks at the node's firewall for [`choose`].

@@ -79,9 +79,15 @@ pub(crate) fn generate(openssl: &Path, dir: &Path, server_ips: &[IpAddr]) -> Res
     run(openssl, &args)?;
 
     let mut san = String::from(
-        "subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
+        "subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
     );
-    for ip in server_ips {
+    // The `kubernetes` Service's addresses: pods (CoreDNS, the e2e suite's clients)
+    // reach the API server through them.
+    for ip in crate::controlplane::KUBERNETES_SERVICE_IPS
+        .iter()
+        .map(ToString::to_string)
+        .chain(server_ips.iter().map(ToString::to_string))
+    {
         san.push_str(&format!(",IP:{ip}"));
     }
     let leaf = |subj: &str, key: &Path, cert: &Path, ext: &[&str]| {

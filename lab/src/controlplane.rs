@@ -14,6 +14,13 @@ use crate::runtime_dir::create_unique_dir;
 use crate::{LabError, Tools};
 
 /// How long etcd plus kube-apiserver may take to report ready.
+/// The Service ranges of every lab cluster (IPv4 first: Services are IPv4 unless they
+/// ask for IPv6 or both).
+pub const SERVICE_CIDRS: [&str; 2] = ["198.19.240.0/20", "fd00:10:96::/112"];
+/// The `kubernetes` Service's addresses: the first of each Service range.
+pub const KUBERNETES_SERVICE_IPS: [&str; 2] = ["198.19.240.1", "fd00:10:96::1"];
+/// The cluster DNS Service's address (the kubelets' `clusterDNS`; lab/manifests/coredns.yaml).
+pub const CLUSTER_DNS_IP: &str = "198.19.240.10";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a component gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -300,9 +307,9 @@ impl ControlPlane {
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
             format!("--service-account-key-file={}", p(&self.pki.sa_pub)),
             format!("--service-account-signing-key-file={}", p(&self.pki.sa_key)),
-            // Only inside the lab's node namespaces (kube-proxy's rules) does anything
-            // route to this range.
-            "--service-cluster-ip-range=198.19.240.0/20".to_string(),
+            // Dual-stack Services, as podnet is dual-stack. Only inside the lab's node
+            // namespaces (kube-proxy's rules) does anything route to these ranges.
+            format!("--service-cluster-ip-range={}", SERVICE_CIDRS.join(",")),
             "--profiling=false".to_string(),
         ];
         if self.opts.real_nodes {

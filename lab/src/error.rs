@@ -63,6 +63,17 @@ pub enum LabError {
     /// Reading the kubeconfig the lab wrote failed.
     #[error("kubeconfig: {0}")]
     Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// Kubernetes' e2e suite ended without writing its JUnit report.
+    #[error("the e2e suite left no JUnit report at {junit} (its output: {log}): {source}")]
+    NoReport {
+        /// Where the report should be.
+        junit: PathBuf,
+        /// The suite's output.
+        log: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
     /// The lab's state file is unreadable.
     #[error("lab state {path}: {source}")]
     State {

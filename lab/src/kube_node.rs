@@ -236,7 +236,7 @@ fn write(path: &Path, text: &str) -> Result<(), LabError> {
 /// Runs `args` inside the node's namespaces (mount and network, through its anchor).
 pub fn node_exec(anchor: i32, args: &[&str]) -> Result<String, LabError> {
     let t = anchor.to_string();
-    let mut full = vec!["nsenter", "-t", &t, "-m", "-n", "--"];
+    let mut full = vec!["nsenter", "-t", &t, "-m", "-u", "-n", "--"];
     full.extend(args);
     run_ok(&full)
 }
@@ -274,18 +274,24 @@ pub fn start(spec: &NodeSpec, env: &NodeEnv) -> Result<KubeNode, LabError> {
         cgroup: cgroup.clone(),
         proxy_mode: spec.proxy_mode,
     };
-    // The anchor: `sleep` in a new mount namespace (propagation slave) inside the
-    // node's network namespace; nsenter and unshare exec, so its PID is sleep's.
+    // The anchor: `sleep` in a new mount namespace (propagation slave) and a UTS
+    // namespace whose hostname is the node's name (hostNetwork pods see it, as on a real
+    // node), inside the node's network namespace; nsenter, unshare and sh exec, so its
+    // PID is sleep's.
     let anchor = crate::spawn_logged(
         Path::new("/usr/bin/nsenter"),
         &[
             format!("--net=/var/run/netns/{}", spec.netns),
             "/usr/bin/unshare".into(),
             "--mount".into(),
+            "--uts".into(),
             "--propagation".into(),
             "slave".into(),
-            "/usr/bin/sleep".into(),
-            "infinity".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            "/bin/busybox hostname \"$1\" && exec /usr/bin/sleep infinity".into(),
+            "anchor".into(),
+            spec.name.clone(),
         ],
         &[],
         &dir.join("anchor.log"),
@@ -401,6 +407,7 @@ fn spawn_in(
         "-t".to_string(),
         node.anchor_pid.to_string(),
         "-m".into(),
+        "-u".into(),
         "-n".into(),
         "--".into(),
         program.display().to_string(),
@@ -555,6 +562,8 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS:
+- {dns}
 resolvConf: {resolv}
 failSwapOn: false
 serializeImagePulls: false
@@ -579,6 +588,7 @@ nodeStatusReportFrequency: 10s
             key = kubelet_serving.key.display(),
             ca = env.ca_cert.display(),
             resolv = dir.join("resolv.conf").display(),
+            dns = crate::controlplane::CLUSTER_DNS_IP,
         ),
     )?;
     write(

@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod chart;
 pub mod cluster;
+pub mod conformance;
 pub(crate) mod controlplane;
 mod error;
 pub mod invariants;

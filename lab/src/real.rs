@@ -43,6 +43,9 @@ const KUBELET_SYSCTLS: [&str; 3] = [
     "kernel/panic_on_oops",
 ];
 
+/// The cluster DNS (CoreDNS as a Deployment behind the `kube-dns` Service).
+const COREDNS: &str = include_str!("../manifests/coredns.yaml");
+
 /// Everything `down` needs, saved as JSON in the state directory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RealLab {
@@ -244,6 +247,8 @@ pub fn image_archives(dir: &Path) -> Result<Vec<PathBuf>, LabError> {
         "podnet-daemon.tar",
         "lab-pause.tar",
         "lab-busybox.tar",
+        "lab-coredns.tar",
+        "lab-e2e.tar",
     ]
     .iter()
     .map(|name| {
@@ -516,10 +521,23 @@ async fn build(
         step.elapsed(),
     );
     let step = Instant::now();
+    kubectl(lab, &["apply", "-f", "-"], COREDNS)?;
     deploy_workloads(lab)?;
     wait_workloads(lab, Duration::from_secs(180)).await?;
+    kubectl(
+        lab,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            "kube-system",
+            "deployment/coredns",
+            "--timeout=120s",
+        ],
+        "",
+    )?;
     progress(
-        "workloads: 2 pods and a hostNetwork pod per node, an echo Service",
+        "workloads: 2 pods and a hostNetwork pod per node, an echo Service; CoreDNS",
         step.elapsed(),
     );
     Ok(())
@@ -1032,4 +1050,18 @@ pub fn down(lab: &RealLab) {
     }
     let _ = std::fs::remove_dir_all(&lab.dir);
     unregister(&lab.tag);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dns_service_has_the_kubelets_cluster_dns_address() {
+        assert!(
+            super::COREDNS.contains(&format!(
+                "clusterIP: {}\n",
+                crate::controlplane::CLUSTER_DNS_IP
+            )),
+            "lab/manifests/coredns.yaml and CLUSTER_DNS_IP disagree"
+        );
+    }
 }

@@ -6,13 +6,17 @@
 //!    the Service and the external host — with the right source address;
 //! 2. Services (kube-proxy in nftables mode on some nodes, iptables on others) work from
 //!    pods and from the nodes themselves;
-//! 3. `nonMasqueradeCIDRs` edited with kubectl takes effect live;
-//! 4. the daemon runs with exactly the chart's security context, unprivileged, and still
+//! 3. Kubernetes' own e2e suite, a bounded network subset (Granular Checks between pods,
+//!    dual-stack), passes with nothing skipped;
+//! 4. `nonMasqueradeCIDRs` edited with kubectl takes effect live;
+//! 5. hostPorts reach their pods from everywhere, with either firewall;
+//! 6. NetworkPolicy is enforced from a pod's first packet;
+//! 7. the daemon runs with exactly the chart's security context, unprivileged, and still
 //!    programs routes and masquerade;
-//! 5. a node joining later is `Ready` only once podnet wrote its CNI config;
-//! 6. 100 pods created and deleted leave no lease, veth or attachment behind;
-//! 7. a rolling update of the daemon loses at most a few packets;
-//! 8. `helm uninstall` and the documented cleanup leave nothing of podnet on the nodes.
+//! 8. a node joining later is `Ready` only once podnet wrote its CNI config;
+//! 9. 100 pods created and deleted leave no lease, veth or attachment behind;
+//! 10. a rolling update of the daemon loses at most a few packets;
+//! 11. `helm uninstall` and the documented cleanup leave nothing of podnet on the nodes.
 //!
 //! Then the lab is torn down and checked gone. Needs root, the tools of
 //! scripts/build-tools.sh and the images of scripts/build-images.sh and
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
+use podnet_lab::conformance;
 use podnet_lab::kube_node::{self, ProxyMode, node_exec};
 use podnet_lab::real::{self, ECHO_PORT, RealLab, RealOptions, fetch_from, kubectl};
 use podnet_lab::run_ok;
@@ -47,6 +52,7 @@ fn main() -> std::process::ExitCode {
             "services_work_from_pods_and_nodes_in_both_proxy_modes",
             services,
         ),
+        ("kubernetes_e2e_network_subset_passes", upstream_e2e_subset),
         ("non_masquerade_cidrs_take_effect_live", non_masquerade_live),
         (
             "host_ports_reach_pods_from_everywhere_in_both_firewalls",
@@ -377,6 +383,41 @@ fn services(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
 }
 
 // ---- 3 ----
+
+/// The upstream e2e subset (`conformance::SUBSET_FOCUS`): every selected test must run
+/// and pass — a test that skips itself fails this test too (the selection would be
+/// broken, not passed).
+fn upstream_e2e_subset(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let run = conformance::Run {
+        focus: conformance::SUBSET_FOCUS.into(),
+        skip: conformance::SUBSET_SKIP.into(),
+        procs: 4,
+        report_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-subset"),
+        timeout: Duration::from_secs(15 * 60),
+    };
+    let report = conformance::run(lab, &run)?;
+    let (passed, failed, skipped) = report.counts();
+    let bad: Vec<String> = report
+        .cases
+        .iter()
+        .filter(|c| c.outcome != conformance::Outcome::Passed)
+        .map(|c| format!("{} -> {:?}", c.name, c.outcome))
+        .collect();
+    ensure!(
+        failed == 0 && skipped == 0 && report.exit_ok,
+        "{}: {} (JUnit {}, output {})",
+        report.summary(),
+        bad.join("; "),
+        report.junit.display(),
+        report.log.display()
+    );
+    ensure!(
+        passed >= 10,
+        "only {passed} tests ran ({}): the focus no longer selects the subset",
+        report.summary()
+    );
+    Ok(report.summary())
+}
 
 fn non_masquerade_live(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
     let pod = real::pods(lab)?

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use podnet_lab::Tools;
 use podnet_lab::cluster::{self, DEFAULT_STATE_DIR, LabState};
+use podnet_lab::conformance;
 use podnet_lab::kube_node::ProxyMode;
 use podnet_lab::real::{self, RealLab, RealOptions};
 
@@ -48,6 +49,27 @@ enum Cmd {
     },
     /// Prints the report of the running lab again.
     Status,
+    /// Runs Kubernetes' e2e suite (network selection) against the running real-node lab,
+    /// writes the JUnit report and a markdown summary, and fails if any selected test
+    /// failed or none passed.
+    Conformance {
+        /// ginkgo --focus (default: podnet's conformance selection).
+        #[arg(long, default_value = conformance::FULL_FOCUS)]
+        focus: String,
+        /// ginkgo --skip (default: what the selection cannot run here, see
+        /// docs/conformance.md).
+        #[arg(long)]
+        skip: Option<String>,
+        /// Parallel ginkgo processes.
+        #[arg(long, default_value_t = 4)]
+        procs: usize,
+        /// Where junit.xml, e2e.log and summary.md go.
+        #[arg(long, default_value = "target/conformance")]
+        report_dir: PathBuf,
+        /// Time limit of the whole run, in minutes.
+        #[arg(long, default_value_t = 90)]
+        timeout_minutes: u64,
+    },
     /// Stops every process and removes every namespace, link, cgroup, mount and file
     /// the lab created.
     Down,
@@ -204,6 +226,52 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Some(Running::Netns(state)) => report_netns(&state).await,
             None => bail!("no lab is running (podnet-lab up starts one)"),
         },
+        Cmd::Conformance {
+            focus,
+            skip,
+            procs,
+            report_dir,
+            timeout_minutes,
+        } => {
+            let Some(Running::Real(lab)) = running(&cli.state_dir) else {
+                bail!("no real-node lab is running (podnet-lab up starts one)");
+            };
+            let skip = skip.unwrap_or_else(|| {
+                conformance::FULL_SKIP
+                    .iter()
+                    .map(|(re, _)| *re)
+                    .collect::<Vec<_>>()
+                    .join("|")
+            });
+            let run = conformance::Run {
+                focus,
+                skip,
+                procs,
+                report_dir,
+                timeout: Duration::from_secs(timeout_minutes * 60),
+            };
+            eprintln!(
+                "==> e2e.test --focus '{}' --skip '{}' ({} processes; output in {})",
+                run.focus,
+                run.skip,
+                run.procs,
+                run.report_dir.join("e2e.log").display()
+            );
+            let report = conformance::run(&lab, &run)?;
+            let summary = conformance::summary_markdown(&report, &run);
+            let path = run.report_dir.join("summary.md");
+            std::fs::write(&path, &summary)
+                .with_context(|| format!("writing {}", path.display()))?;
+            print!("{}", report.table());
+            println!(
+                "\n{}\nJUnit: {}\nsummary: {}",
+                report.summary(),
+                report.junit.display(),
+                path.display()
+            );
+            let (passed, failed, _) = report.counts();
+            Ok(failed == 0 && passed > 0 && report.exit_ok)
+        }
         Cmd::Down => {
             match running(&cli.state_dir) {
                 Some(Running::Real(lab)) => real::down(&lab),
