@@ -346,3 +346,111 @@ pub(crate) fn decode_batch(buf: &[u8]) -> Result<Vec<NetlinkMessage<RouteNetlink
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One netlink message: header (length, type, flags, sequence, port) and payload,
+    /// native-endian as the kernel writes it.
+    fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(16 + payload.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::new();
+        out.extend(len.to_ne_bytes());
+        out.extend(kind.to_ne_bytes());
+        out.extend(0u16.to_ne_bytes());
+        out.extend(seq.to_ne_bytes());
+        out.extend(0u32.to_ne_bytes());
+        out.extend(payload);
+        out
+    }
+
+    /// An NLMSG_ERROR (type 2) answering request `seq` with `errno` (0: the ack).
+    fn error(seq: u32, errno: i32) -> Vec<u8> {
+        let mut payload = (-errno).to_ne_bytes().to_vec();
+        payload.extend(message(24, seq, &[])); // the request's header
+        message(2, seq, &payload)
+    }
+
+    #[test]
+    fn acks_errors_and_the_end_of_a_dump_decode() {
+        let mut buf = error(7, 0);
+        buf.extend(error(8, Errno::EEXIST as i32));
+        buf.extend(message(3, 9, &0i32.to_ne_bytes())); // NLMSG_DONE
+        let msgs = decode_batch(&buf).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(msgs.len(), 3);
+        let seqs: Vec<u32> = msgs.iter().map(|m| m.header.sequence_number).collect();
+        assert_eq!(seqs, [7, 8, 9]);
+        match &msgs[0].payload {
+            NetlinkPayload::Error(e) => assert_eq!(e.code, None, "an ack"),
+            other => panic!("not an ack: {other:?}"),
+        }
+        match &msgs[1].payload {
+            NetlinkPayload::Error(e) => {
+                assert_eq!(e.code.map(|c| -c.get()), Some(Errno::EEXIST as i32));
+            }
+            other => panic!("not an error: {other:?}"),
+        }
+        assert!(matches!(msgs[2].payload, NetlinkPayload::Done(_)));
+    }
+
+    #[test]
+    fn messages_are_read_at_four_byte_alignment() {
+        // A 21-byte message padded to 24, then an ack.
+        let mut buf = message(3, 1, &[0, 0, 0, 0, 0xaa]);
+        buf.extend([0, 0, 0]);
+        buf.extend(error(2, 0));
+        let msgs = decode_batch(&buf).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[1].header.sequence_number, 2);
+    }
+
+    #[test]
+    fn a_zero_length_short_or_overlong_message_is_an_error_not_a_loop() {
+        let mut zero = message(3, 1, &0i32.to_ne_bytes());
+        zero[..4].copy_from_slice(&0u32.to_ne_bytes());
+        let mut overlong = message(3, 1, &0i32.to_ne_bytes());
+        overlong[..4].copy_from_slice(&4096u32.to_ne_bytes());
+        let mut short_header = error(1, 0);
+        short_header[..4].copy_from_slice(&8u32.to_ne_bytes());
+        let mut trailing = error(1, 0);
+        trailing.extend([1, 2]);
+        for (name, buf) in [
+            ("zero length", zero),
+            ("longer than the datagram", overlong),
+            ("shorter than a header", short_header),
+            ("trailing bytes", trailing),
+        ] {
+            assert!(
+                matches!(decode_batch(&buf), Err(Error::Decode(_))),
+                "{name}: {:?}",
+                decode_batch(&buf)
+            );
+        }
+        assert!(decode_batch(&[]).is_ok_and(|m| m.is_empty()));
+    }
+
+    #[test]
+    fn kernel_errors_are_typed() {
+        let err = |errno| Error::Kernel {
+            op: "adding a route".into(),
+            errno,
+        };
+        assert!(err(Errno::EEXIST).is_exists());
+        assert!(!err(Errno::EEXIST).is_not_found());
+        for e in [
+            Errno::ENODEV,
+            Errno::ESRCH,
+            Errno::ENOENT,
+            Errno::EADDRNOTAVAIL,
+        ] {
+            assert!(err(e).is_not_found(), "{e}");
+        }
+        assert!(!Error::Decode("x".into()).is_exists());
+        assert_eq!(err(Errno::EPERM).errno(), Some(Errno::EPERM));
+        assert_eq!(
+            err(Errno::EEXIST).to_string(),
+            "adding a route: EEXIST: File exists"
+        );
+    }
+}
