@@ -80,7 +80,7 @@ mapfile -t busybox_names < <(pick e2e-test-images/busybox)
 mapfile -t dns_names < <(pick e2e-test-images/glibc-dns-testing)
 mapfile -t pause_names < <(pick pause)
 all_names=("${agnhost_names[@]}" "${busybox_names[@]}" "${dns_names[@]}" "${pause_names[@]}")
-e2e_stamp=$(stamp_of "$tools_bin/agnhost" /bin/busybox /usr/bin/curl /bin/nc.openbsd /bin/dash /usr/bin/dig /usr/bin/getent \
+e2e_stamp=$(stamp_of "$tools_bin/agnhost" "$tools_bin/coredns" "$tools_bin/agnhost-files/localhost.crt" /bin/busybox /usr/bin/curl /bin/nc.openbsd /bin/dash /usr/bin/dig /usr/bin/getent \
   images/lab/agnhost.Containerfile images/lab/e2e-busybox.Containerfile images/lab/e2e-dns.Containerfile \
   images/lab/pause.c lab/e2e/repo-list.yaml scripts/build-lab-images.sh)
 e2e_stamp="$e2e_stamp ${all_names[*]}"
@@ -121,12 +121,18 @@ runs_in() {
 
 archive="$out/lab-e2e.tar"
 if ! [ -f "$archive" ] || [ "$(cat "$archive.stamp" 2>/dev/null)" != "$e2e_stamp" ]; then
-  # agnhost: agnhost, and the tools the framework execs in it (curl, OpenBSD netcat).
-  e2e_rootfs "$ctx/agnhost/rootfs" /usr/bin/curl=/usr/bin/curl /bin/nc.openbsd=/usr/bin/nc
+  # agnhost: agnhost, and the tools the framework execs in it (curl, OpenBSD netcat, and
+  # dig and getent: the DNS tests probe from agnhost as well as from glibc-dns-testing).
+  e2e_rootfs "$ctx/agnhost/rootfs" /usr/bin/curl=/usr/bin/curl /bin/nc.openbsd=/usr/bin/nc \
+    /usr/bin/dig=/usr/bin/dig /usr/bin/getent=/usr/bin/getent
   cp "$tools_bin/agnhost" "$ctx/agnhost/rootfs/agnhost"
+  # As upstream's image: porter's TLS pair at / and CoreDNS as /coredns (the DNS test of a
+  # pod's own resolv.conf runs it as a pod's name server).
+  cp "$tools_bin/agnhost-files/localhost.crt" "$tools_bin/agnhost-files/localhost.key" "$ctx/agnhost/rootfs/"
+  cp "$tools_bin/coredns" "$ctx/agnhost/rootfs/coredns"
   # glibc-dns-testing: dig and glibc's getent (the DNS tests' probes).
   e2e_rootfs "$ctx/e2e-dns/rootfs" /usr/bin/dig=/usr/bin/dig /usr/bin/getent=/usr/bin/getent
-  printf 'hosts: files dns\n' > "$ctx/e2e-dns/rootfs/etc/nsswitch.conf"
+  for r in agnhost e2e-dns; do printf 'hosts: files dns\n' > "$ctx/$r/rootfs/etc/nsswitch.conf"; done
   b="$ctx/e2e-busybox/rootfs"
   mkdir -p "$b/tmp"
   cp -a "$root/bin" "$root/etc" "$b/"
@@ -141,7 +147,8 @@ if ! [ -f "$archive" ] || [ "$(cat "$archive.stamp" 2>/dev/null)" != "$e2e_stamp
   for n in "${busybox_names[@]:1}"; do buildah tag "${busybox_names[0]}" "$n"; done
   for n in "${dns_names[@]:1}"; do buildah tag "${dns_names[0]}" "$n"; done
   for n in "${pause_names[@]:1}"; do buildah tag "${pause_names[0]}" "$n"; done
-  runs_in "${agnhost_names[0]}" "/usr/bin/curl --version" "/usr/bin/nc -h" "/agnhost --help" "/bin/sh -c true"
+  runs_in "${agnhost_names[0]}" "/usr/bin/curl --version" "/usr/bin/nc -h" "/agnhost --help" "/bin/sh -c true" \
+    "/usr/bin/dig -v" "/usr/bin/getent hosts localhost" "/coredns -version" "test -s /localhost.key"
   runs_in "${dns_names[0]}" "/usr/bin/dig -v" "/usr/bin/getent hosts localhost" "/bin/sh -c true"
   rm -f "$archive"
   podman save --quiet --multi-image-archive --format docker-archive -o "$archive" "${all_names[@]}"

@@ -46,7 +46,7 @@ finish() {
   mv "$1" "$2"
 }
 
-# wrapper_module WORK MODULE PKG...: $WORK/mod, a module that requires k8s.io/kubernetes
+# wrapper_module WORK MODULE PKG...: $WORK/mod, a tidied module that requires k8s.io/kubernetes
 # $K8S_VERSION and imports PKG... (build tag "tools"). k8s.io/kubernetes replaces its staging
 # modules with local paths, which a dependent module cannot follow; the wrapper pins each
 # of them to its published v0.x twin.
@@ -76,6 +76,8 @@ wrapper_module() {
     for p in "$@"; do echo "	_ \"$p\""; done
     echo ")"
   } > "$work/mod/tools.go"
+  (cd "$work/mod" && go mod tidy -e >"$work/tidy.log" 2>&1) \
+    || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the wrapper module $module"; }
 }
 
 # The version Kubernetes binaries report (what `make` stamps in).
@@ -109,7 +111,6 @@ build_kubernetes() {
   local ld; ld=$(version_ldflags)
   (
     cd "$work/mod"
-    go mod tidy -e >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the kubernetes wrapper module"; }
     for c in "$@"; do
       go build -tags tools -ldflags "$ld" -o "$work/out/$c" "k8s.io/kubernetes/cmd/$c"
     done
@@ -139,7 +140,6 @@ build_e2e() {
   mkdir -p "$work/pub"
   (
     cd "$work/mod"
-    go mod tidy -e >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the e2e wrapper module"; }
     go test -c -ldflags "$(version_ldflags)" -o "$work/pub/e2e.test" k8s.io/kubernetes/test/e2e
     go build -ldflags "-s -w" -o "$work/pub/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
     go build -ldflags "$(version_ldflags)" -o "$work/pub/agnhost" k8s.io/kubernetes/test/images/agnhost
@@ -147,6 +147,23 @@ build_e2e() {
   "$work/pub/e2e.test" --version 2>/dev/null | grep -qx "$K8S_VERSION" || die "built e2e.test does not report $K8S_VERSION"
   "$work/pub/ginkgo" version >/dev/null || die "built ginkgo does not run"
   "$work/pub/agnhost" --help >/dev/null || die "built agnhost does not run"
+  finish "$work/pub" "$dest"
+}
+
+# The data files of agnhost's image from the same module: porter's TLS certificate and key
+# (the e2e Proxy tests serve HTTPS with them from /localhost.crt and /localhost.key).
+fetch_agnhost_files() {
+  local dest="$CACHE/agnhost-files-$K8S_VERSION"
+  stamped "$dest" && return 0
+  step "agnhost's data files from k8s.io/kubernetes $K8S_VERSION"
+  local work; work=$(mktemp -d "$CACHE/.agnhost-files.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  local dir
+  dir=$(cd "$work" && GOFLAGS= go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || die "go mod download k8s.io/kubernetes@$K8S_VERSION failed"
+  [ -f "$dir/test/images/agnhost/porter/localhost.crt" ] || die "k8s.io/kubernetes@$K8S_VERSION has no agnhost porter certificate"
+  mkdir -p "$work/pub"
+  cp "$dir/test/images/agnhost/porter/localhost.crt" "$dir/test/images/agnhost/porter/localhost.key" "$work/pub/"
   finish "$work/pub" "$dest"
 }
 
@@ -228,6 +245,7 @@ build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool 
 build_kubernetes kubernetes-node kube-controller-manager kube-scheduler kubelet kube-proxy
 build_containerd
 build_e2e
+fetch_agnhost_files
 # Cluster DNS of the real-node lab (Kubernetes' DNS conformance tests need it).
 build_go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns \
   "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
@@ -250,4 +268,5 @@ ln -sfn "$CACHE/coredns-$COREDNS_VERSION/coredns" "$bin/coredns"
 for c in e2e.test ginkgo agnhost; do
   ln -sfn "$CACHE/e2e-$K8S_VERSION/$c" "$bin/$c"
 done
+ln -sfn "$CACHE/agnhost-files-$K8S_VERSION" "$bin/agnhost-files"
 echo "$bin"

@@ -407,37 +407,51 @@ pub fn render_nft(all: &[Attachment], pod_cidrs: &[IpNet]) -> String {
     if rules.dnat.is_empty() && rules.loopback.is_empty() {
         return s;
     }
-    let chain = |s: &mut String, name: &str, rules: &[String]| {
+    // One chain: its `type ... hook ...` line for a base chain, then its rules.
+    let chain = |s: &mut String, name: &str, base: Option<&str>, rules: &[String]| {
         s.push_str(&format!("  chain {name} {{\n"));
-        for r in rules {
-            s.push_str(&format!("    {r}\n"));
+        for line in base.into_iter().chain(rules.iter().map(String::as_str)) {
+            s.push_str(&format!("    {line}\n"));
         }
         s.push_str("  }\n");
     };
+    let lines = |l: &[&str]| l.iter().map(|r| r.to_string()).collect::<Vec<_>>();
     s.push_str(&format!("table inet {TABLE} {{\n"));
-    s.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump hostports\n  }\n");
-    s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n    ip daddr != 127.0.0.0/8 fib daddr type local jump hostports\n    ip6 daddr != ::1 fib daddr type local jump hostports\n");
-    if !rules.loopback.is_empty() {
-        s.push_str("    ip daddr 127.0.0.0/8 jump loopback\n");
-    }
-    s.push_str("  }\n");
-    chain(&mut s, "hostports", &rules.dnat);
-    if !rules.loopback.is_empty() {
-        chain(&mut s, "loopback", &rules.loopback);
-    }
-    let masq = format!(
-        "type nat hook postrouting priority srcnat; policy accept;\n    {}",
-        rules.masq.join("\n    ")
+    chain(
+        &mut s,
+        "prerouting",
+        Some("type nat hook prerouting priority dstnat; policy accept;"),
+        &lines(&["fib daddr type local jump hostports"]),
     );
-    chain(&mut s, "postrouting", &[masq.trim_end().to_string()]);
+    let mut output = lines(&[
+        "ip daddr != 127.0.0.0/8 fib daddr type local jump hostports",
+        "ip6 daddr != ::1 fib daddr type local jump hostports",
+    ]);
+    if !rules.loopback.is_empty() {
+        output.push("ip daddr 127.0.0.0/8 jump loopback".into());
+    }
+    chain(
+        &mut s,
+        "output",
+        Some("type nat hook output priority -100; policy accept;"),
+        &output,
+    );
+    chain(&mut s, "hostports", None, &rules.dnat);
+    if !rules.loopback.is_empty() {
+        chain(&mut s, "loopback", None, &rules.loopback);
+    }
+    chain(
+        &mut s,
+        "postrouting",
+        Some("type nat hook postrouting priority srcnat; policy accept;"),
+        &rules.masq,
+    );
     if !rules.loopback.is_empty() {
         chain(
             &mut s,
             "guard",
-            &[format!(
-                "type filter hook input priority filter; policy accept;\n    {}",
-                NFT_GUARD.join("\n    ")
-            )],
+            Some("type filter hook input priority filter; policy accept;"),
+            &lines(&NFT_GUARD),
         );
     }
     s.push_str("}\n");

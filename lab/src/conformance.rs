@@ -20,8 +20,9 @@ pub const REPO_LIST: &str = "lab/e2e/repo-list.yaml";
 
 /// The selection every test run makes: the Networking Granular Checks between pods (HTTP
 /// and UDP, pod-to-pod and node-to-pod; SCTP needs a kernel module this lab does not
-/// load) and the dual-stack tests.
-pub const SUBSET_FOCUS: &str = r"Networking Granular Checks: Pods|\[Feature:IPv6DualStack\]";
+/// load), the dual-stack tests, cluster DNS from a pod, and the API server's proxy to a
+/// pod and through a Service (the control plane's route to pods).
+pub const SUBSET_FOCUS: &str = r"Networking Granular Checks: Pods|\[Feature:IPv6DualStack\]|DNS should provide DNS for the cluster \[Conformance\]|Proxy version v1 should proxy through a service and a pod";
 /// What the subset leaves out: SCTP, and anything serial or disruptive.
 pub const SUBSET_SKIP: &str = r"SCTP|\[Serial\]|\[Disruptive\]";
 
@@ -33,10 +34,6 @@ pub const FULL_SKIP: &[(&str, &str)] = &[
     (
         "SCTP",
         "needs SCTP in the kernel; this machine's kernel has none (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails with EPROTONOSUPPORT) and loads no modules",
-    ),
-    (
-        r"\[sig-network\] DNS should (provide|resolve)",
-        "their probe pods' answers are read through the API server's pod proxy; the lab's API server runs in the host's root namespace, which has no route to pod CIDRs (the lab's network-safety rule), so the proxy cannot reach a pod — a limit of the lab's topology, not of podnet (seen failing for that reason: 'client rate limiter Wait returned an error' after 600 s)",
     ),
     (
         r"\[Disruptive\]",

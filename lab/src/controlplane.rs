@@ -39,6 +39,12 @@ pub struct ControlPlaneOptions {
     /// NodeRestriction admission plugin, and publish the `kubernetes` Service's
     /// endpoint (the bind address) for pods.
     pub real_nodes: bool,
+    /// Run etcd and kube-apiserver in this network namespace (a name under /run/netns)
+    /// rather than the caller's: the real-node lab's control-plane host, which can route
+    /// to pods as a control-plane node does, where the host's root namespace must not.
+    /// `bind` must be an address of that namespace; the ports are then fixed (the
+    /// namespace is the lab's own): etcd 2379/2380, kube-apiserver 6443.
+    pub netns: Option<String>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -47,6 +53,28 @@ impl Default for ControlPlaneOptions {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             detachable: false,
             real_nodes: false,
+            netns: None,
+        }
+    }
+}
+
+/// The ports of a control plane in a namespace of its own: etcd client, etcd peer,
+/// kube-apiserver.
+const NETNS_PORTS: [u16; 3] = [2379, 2380, 6443];
+
+/// `program args` as started inside `netns` (through nsenter, which execs it: the PID is
+/// the program's) or as is.
+fn in_netns(netns: Option<&str>, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    match netns {
+        None => (program.to_path_buf(), args.to_vec()),
+        Some(ns) => {
+            let mut full = vec![
+                format!("--net=/run/netns/{ns}"),
+                "--".to_string(),
+                program.display().to_string(),
+            ];
+            full.extend(args.iter().cloned());
+            (PathBuf::from("/usr/bin/nsenter"), full)
         }
     }
 }
@@ -90,6 +118,9 @@ pub struct DetachedControlPlane {
     /// kube-apiserver's command line, to restart it.
     #[serde(default)]
     pub apiserver_args: Vec<String>,
+    /// The network namespace both run in (none: the host's).
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 impl ControlPlane {
@@ -125,7 +156,10 @@ impl ControlPlane {
             server_ips.push(opts.bind);
         }
         let pki = certs::generate(&tools.openssl, &dir, &server_ips).map_err(fail)?;
-        let ports = free_ports(3, opts.bind).map_err(fail)?;
+        let ports = match opts.netns {
+            Some(_) => NETNS_PORTS.to_vec(),
+            None => free_ports(3, opts.bind).map_err(fail)?,
+        };
         let mut cp = Self {
             kubeconfig: dir.join("kubeconfig"),
             dir,
@@ -240,6 +274,7 @@ impl ControlPlane {
             apiserver_bin: self.tools.kube_apiserver.clone(),
             etcd_args: self.etcd_args(),
             apiserver_args: self.apiserver_args(),
+            netns: self.opts.netns.clone(),
         };
         // The children are not ours to stop any more.
         self.etcd = None;
@@ -249,9 +284,10 @@ impl ControlPlane {
     }
 
     fn spawn(&self, program: &Path, args: &[String], log_name: &str) -> Result<Child, LabError> {
+        let (program, args) = in_netns(self.opts.netns.as_deref(), program, args);
         crate::spawn_logged(
-            program,
-            args,
+            &program,
+            &args,
             &[],
             &self.dir.join(log_name),
             Some(&self.dir),
@@ -509,9 +545,10 @@ impl DetachedControlPlane {
                 log: self.dir.join(log_name),
             });
         }
+        let (program, args) = in_netns(self.netns.as_deref(), program, args);
         let child = crate::spawn_logged(
-            program,
-            args,
+            &program,
+            &args,
             &[],
             &self.dir.join(log_name),
             Some(&self.dir),

@@ -7,12 +7,18 @@
 //! the lab's node network only, never to a pod CIDR):
 //!
 //! ```text
-//!  host root ns ── <tag>-h (198.18.64.1: kube-apiserver, controller-manager, scheduler)
+//!  host root ns ── <tag>-h (198.18.64.2: controller-manager, scheduler, kubectl, tests)
 //!                        │
-//!  switch ns (br0) ─┬─ node-1 (198.18.64.11) ─┬─ pods (10.244.x.0/24, fd00:10:244:x::/64)
+//!  switch ns (br0) ─┬─ cp     (198.18.64.1: etcd, kube-apiserver; routes to pod CIDRs)
+//!                   ├─ node-1 (198.18.64.11) ─┬─ pods (10.244.x.0/24, fd00:10:244:x::/64)
 //!                   ├─ node-2 (198.18.64.12)  ...
 //!                   └─ ext    (198.18.64.100: an HTTP echo service, the "internet")
 //! ```
+//!
+//! The API server reaches pods (its pod and Service proxy, `kubectl logs` needs only the
+//! kubelet) the way it does on a control-plane node that runs podnet: through a route
+//! per node's pod CIDR via that node. The lab's control plane is not a Node, so the lab
+//! keeps those routes itself ([`route_control_plane`], from the NodeRoutes' status).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,6 +36,12 @@ pub const NET4: &str = "198.18.64";
 pub const NET6: &str = "2001:db8:18:64";
 /// The pod CIDRs of the lab's PodNetwork.
 pub const POD_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:10:244::/56"];
+/// The control-plane host's addresses (etcd and kube-apiserver in a namespace of their
+/// own on the lab switch).
+pub const CONTROL_PLANE_IPS: [&str; 2] = ["198.18.64.1", "2001:db8:18:64::1"];
+/// The host root namespace's address on the lab switch (kubectl, helm and the tests
+/// reach the API server from there; it has no route beyond the lab's /24).
+const HOST_IP: &str = "198.18.64.2";
 /// Port of the HTTP echo service in the workload pods and on the external host.
 pub const ECHO_PORT: u16 = 8080;
 /// The cgroup under which the lab's nodes live (one per lab tag).
@@ -342,20 +354,34 @@ async fn build(
         "veth",
         "peer",
         "name",
-        "cp",
+        "host",
         "netns",
         &sw,
     ])?;
-    run_ok(&["ip", "-n", &sw, "link", "set", "cp", "master", "br0", "up"])?;
+    run_ok(&[
+        "ip", "-n", &sw, "link", "set", "host", "master", "br0", "up",
+    ])?;
     run_ok(&[
         "ip",
         "addr",
         "add",
-        &format!("{NET4}.1/24"),
+        &format!("{HOST_IP}/24"),
         "dev",
         &lab.host_link,
     ])?;
     run_ok(&["ip", "link", "set", &lab.host_link, "up"])?;
+    // The control-plane host: etcd and kube-apiserver run there, with routes to the
+    // nodes' pod CIDRs (`route_control_plane`) so that the API server reaches pods
+    // (its pod and service proxy, as `kubectl port-forward`-less tools and the e2e
+    // suite use it) as on a control-plane node running podnet.
+    let cp_ns = format!("{}-cp", lab.tag);
+    attach(
+        lab,
+        &cp_ns,
+        "cp",
+        CONTROL_PLANE_IPS[0],
+        CONTROL_PLANE_IPS[1],
+    )?;
     let ext = format!("{}-ext", lab.tag);
     attach(
         lab,
@@ -391,11 +417,12 @@ async fn build(
 
     let step = Instant::now();
     let cp = ControlPlane::start(ControlPlaneOptions {
-        bind: format!("{NET4}.1")
+        bind: CONTROL_PLANE_IPS[0]
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1])),
         detachable: true,
         real_nodes: true,
+        netns: Some(cp_ns),
     })
     .await?;
     lab.control_plane = cp.detach();
@@ -682,7 +709,7 @@ pub async fn wait_nodes_ready(lab: &RealLab, timeout: Duration) -> Result<(), La
         .unwrap_or_default();
         let ready = out.lines().filter(|l| l.ends_with(" True")).count();
         if ready == want {
-            return Ok(());
+            return route_control_plane(lab).await;
         }
         if Instant::now() > deadline {
             let mut tail = String::new();
@@ -702,6 +729,50 @@ pub async fn wait_nodes_ready(lab: &RealLab, timeout: Duration) -> Result<(), La
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Gives the control-plane host a route to every node's pod CIDRs via that node's
+/// address of the same family (from the NodeRoutes' status), and removes routes into
+/// the pod range that no NodeRoute explains any more.
+pub async fn route_control_plane(lab: &RealLab) -> Result<(), LabError> {
+    use kube::api::{Api, ListParams};
+    let client = crate::client_from_kubeconfig(&lab.control_plane.kubeconfig).await?;
+    let nrs = Api::<podnet_crds::NodeRoute>::all(client)
+        .list(&ListParams::default())
+        .await?;
+    let want = pod_routes(nrs.items.iter().filter_map(|nr| nr.status.as_ref()));
+    let ns = format!("{}-cp", lab.tag);
+    for (cidr, via) in &want {
+        run_ok(&["ip", "-n", &ns, "route", "replace", cidr, "via", via])?;
+    }
+    for range in POD_CIDRS {
+        let family = if range.contains(':') { "-6" } else { "-4" };
+        let have = run_ok(&[
+            "ip", family, "-n", &ns, "-o", "route", "show", "root", range,
+        ])?;
+        for cidr in have.lines().filter_map(|l| l.split_whitespace().next()) {
+            if !want.iter().any(|(c, _)| c == cidr) {
+                run_ok(&["ip", "-n", &ns, "route", "del", cidr])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each pod CIDR with the node address of its family it is routed through.
+fn pod_routes<'a>(
+    statuses: impl Iterator<Item = &'a podnet_crds::NodeRouteStatus>,
+) -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    for st in statuses {
+        for cidr in &st.pod_cidrs {
+            let v6 = cidr.contains(':');
+            if let Some(via) = st.node_ips.iter().find(|ip| ip.contains(':') == v6) {
+                routes.push((cidr.clone(), via.clone()));
+            }
+        }
+    }
+    routes
 }
 
 /// The lab's workloads: two echo pods pinned to each node, a hostNetwork echo pod per
@@ -1054,6 +1125,33 @@ pub fn down(lab: &RealLab) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pod_cidrs_are_routed_through_the_node_address_of_their_family() {
+        let st = |ips: &[&str], cidrs: &[&str]| podnet_crds::NodeRouteStatus {
+            node_ips: ips.iter().map(|s| s.to_string()).collect(),
+            pod_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let statuses = [
+            st(
+                &["198.18.64.11", "2001:db8:18:64::11"],
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            ),
+            // Not allocated yet, and a node without an IPv6 address.
+            st(&["198.18.64.12"], &[]),
+            st(&["198.18.64.13"], &["10.244.3.0/24", "fd00:10:244:3::/64"]),
+        ];
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            super::pod_routes(statuses.iter()),
+            vec![
+                pair("10.244.1.0/24", "198.18.64.11"),
+                pair("fd00:10:244:1::/64", "2001:db8:18:64::11"),
+                pair("10.244.3.0/24", "198.18.64.13"),
+            ]
+        );
+    }
+
     #[test]
     fn the_dns_service_has_the_kubelets_cluster_dns_address() {
         assert!(
