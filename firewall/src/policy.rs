@@ -77,7 +77,7 @@ pub enum AddrSet {
 }
 
 /// One isolated pod's chains.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodChains {
     /// The chain names' key (stable per pod).
     pub key: String,
@@ -89,6 +89,52 @@ pub struct PodChains {
     pub ingress: Option<Vec<Rule>>,
     /// Its egress rules (`None`: not isolated for egress).
     pub egress: Option<Vec<Rule>>,
+    /// The cluster-admin tiers around its ingress rules.
+    #[serde(default)]
+    pub cluster_ingress: Tiers,
+    /// The cluster-admin tiers around its egress rules.
+    #[serde(default)]
+    pub cluster_egress: Tiers,
+}
+
+/// The cluster-admin policy tiers of one direction (ClusterNetworkPolicy of
+/// sigs.k8s.io/network-policy-api): `admin` is evaluated before NetworkPolicy, `baseline`
+/// after it, only for traffic NetworkPolicy leaves alone (the pod is not isolated in
+/// that direction). In each tier the first matching rule decides, in the order given
+/// (the compiler sorts by priority).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tiers {
+    /// Admin tier rules.
+    pub admin: Vec<TierRule>,
+    /// Baseline tier rules.
+    pub baseline: Vec<TierRule>,
+}
+
+impl Tiers {
+    /// No rule in either tier.
+    pub fn is_empty(&self) -> bool {
+        self.admin.is_empty() && self.baseline.is_empty()
+    }
+}
+
+/// One cluster-admin rule: what matches and what happens to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierRule {
+    /// Accept, Deny or Pass.
+    pub action: Action,
+    /// What it matches (its peer and ports).
+    pub rule: Rule,
+}
+
+/// A cluster-admin rule's action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Allowed; no lower tier or NetworkPolicy is asked.
+    Accept,
+    /// Dropped; no lower tier or NetworkPolicy is asked.
+    Deny,
+    /// The admin tier stops here: NetworkPolicy (then the baseline tier) decides.
+    Pass,
 }
 
 /// One allow rule.
@@ -226,9 +272,15 @@ fn all_sets(plan: &PolicyPlan) -> Vec<(String, AddrSet)> {
     out
 }
 
-fn rule_lines(rule: &Rule, ingress: bool) -> Vec<String> {
+/// The verdict that lets a packet through in a direction: ingress is the last check
+/// (accept), egress returns to the forward chain, which then asks the destination's
+/// ingress rules.
+fn allow(ingress: bool) -> &'static str {
+    if ingress { "accept" } else { "return" }
+}
+
+fn rule_lines(rule: &Rule, ingress: bool, verdict: &str) -> Vec<String> {
     let dir = if ingress { "saddr" } else { "daddr" };
-    let verdict = if ingress { "accept" } else { "return" };
     let comment = format!("comment \"{}\"", rule.comment.replace('"', "'"));
     // Address part per family: None = this family is not matched at all; Some("") = any.
     let addr = |v6: bool| -> Option<String> {
@@ -305,12 +357,7 @@ fn structure(plan: &PolicyPlan) -> String {
         let addr = if v6 { "ipv6_addr" } else { "ipv4_addr" };
         let mut elements = Vec::new();
         for pod in &plan.pods {
-            let isolated = if ingress {
-                pod.ingress.is_some()
-            } else {
-                pod.egress.is_some()
-            };
-            if !isolated {
+            if !pod.has_chain(ingress) {
                 continue;
             }
             for ip in pod.ips.iter().filter(|ip| ip.is_ipv6() == v6) {
@@ -340,16 +387,68 @@ fn structure(plan: &PolicyPlan) -> String {
     s.push_str("    ip saddr vmap @egress4\n    ip6 saddr vmap @egress6\n");
     s.push_str("    ip daddr vmap @ingress4\n    ip6 daddr vmap @ingress6\n  }\n");
     for pod in &plan.pods {
-        for (rules, ingress) in [(&pod.egress, false), (&pod.ingress, true)] {
-            let Some(rules) = rules else { continue };
-            let _ = writeln!(
-                s,
-                "  chain pod-{}-{} {{",
-                pod.key,
-                if ingress { "in" } else { "out" }
-            );
+        for ingress in [false, true] {
+            if pod.has_chain(ingress) {
+                pod_chains(&mut s, pod, ingress);
+            }
+        }
+    }
+    s
+}
+
+impl PodChains {
+    /// Whether anything (a NetworkPolicy or a cluster-admin tier) applies to the pod in
+    /// this direction: it then has a chain, and its addresses jump there.
+    fn has_chain(&self, ingress: bool) -> bool {
+        let (np, tiers) = self.direction(ingress);
+        np.is_some() || !tiers.is_empty()
+    }
+
+    fn direction(&self, ingress: bool) -> (&Option<Vec<Rule>>, &Tiers) {
+        if ingress {
+            (&self.ingress, &self.cluster_ingress)
+        } else {
+            (&self.egress, &self.cluster_egress)
+        }
+    }
+}
+
+/// A pod's chain of one direction. Without admin rules: `pod-<key>-<in|out>` holds the
+/// NetworkPolicy rules then a drop (isolated pod) or the baseline rules (not isolated).
+/// With admin rules, those come first and the rest moves to `…-np`, which a Pass (and
+/// falling off the admin rules) goes to.
+fn pod_chains(s: &mut String, pod: &PodChains, ingress: bool) {
+    let (np, tiers) = pod.direction(ingress);
+    let chain = format!("pod-{}-{}", pod.key, if ingress { "in" } else { "out" });
+    let rest = format!("{chain}-np");
+    // Pass leaves the admin tier for NetworkPolicy; in the baseline tier, the last one,
+    // it leaves the traffic to the default: allowed.
+    let tier_lines = |rules: &[TierRule], pass: &str, s: &mut String| {
+        for r in rules {
+            let verdict = match r.action {
+                Action::Accept => allow(ingress).to_string(),
+                Action::Deny => "counter drop".to_string(),
+                Action::Pass => pass.to_string(),
+            };
+            for line in rule_lines(&r.rule, ingress, &verdict) {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
+    };
+    let _ = writeln!(s, "  chain {chain} {{");
+    if !tiers.admin.is_empty() {
+        tier_lines(&tiers.admin, &format!("goto {rest}"), s);
+        let _ = writeln!(
+            s,
+            "    goto {rest}
+  }}
+  chain {rest} {{"
+        );
+    }
+    match np {
+        Some(rules) => {
             for r in rules {
-                for line in rule_lines(r, ingress) {
+                for line in rule_lines(r, ingress, allow(ingress)) {
                     let _ = writeln!(s, "    {line}");
                 }
             }
@@ -359,10 +458,11 @@ fn structure(plan: &PolicyPlan) -> String {
                 pod.name,
                 if ingress { "ingress" } else { "egress" }
             );
-            s.push_str("  }\n");
         }
+        // Not isolated: the baseline tier, then allowed (falling off the chain).
+        None => tier_lines(&tiers.baseline, allow(ingress), s),
     }
-    s
+    s.push_str("  }\n");
 }
 
 /// The fingerprint the table's comment carries.
@@ -640,6 +740,7 @@ mod tests {
                         (Protocol::Tcp, Some((8000, 9000))),
                     ]),
                 }]),
+                ..Default::default()
             }],
             sets,
         }

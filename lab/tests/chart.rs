@@ -268,6 +268,37 @@ async fn lint_and_template(_cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     ensure!(find(&docs, "ServiceMonitor", "podnet-operator").is_ok());
     ensure!(find(&docs, "ServiceMonitor", "podnet-daemon").is_ok());
     ensure!(find(&docs, "Service", "podnet-daemon-metrics").is_ok());
+    // Policy enforcement: both tiers by default; each switch takes its RBAC with it.
+    let policy_view = |sets: &[&str]| -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let docs = render(sets)?;
+        let ds = find(&docs, "DaemonSet", "podnet-daemon")?;
+        let args = strs(&ds["spec"]["template"]["spec"]["containers"][0]["args"]);
+        let role = find(&docs, "ClusterRole", "podnet-daemon")?;
+        let resources = role["rules"]
+            .as_sequence()
+            .context("rules")?
+            .iter()
+            .flat_map(|r| strs(&r["resources"]))
+            .collect();
+        Ok((args, resources))
+    };
+    for (sets, policy, cluster) in [
+        (&[][..], true, true),
+        (&["daemon.clusterNetworkPolicy=false"][..], true, false),
+        (&["daemon.networkPolicy=false"][..], false, false),
+    ] {
+        let (args, resources) = policy_view(sets)?;
+        ensure!(
+            args.contains(&format!("--network-policy={policy}"))
+                && args.contains(&format!("--cluster-network-policy={cluster}")),
+            "{sets:?}: daemon args {args:?}"
+        );
+        ensure!(
+            resources.contains(&"networkpolicies".to_string()) == policy
+                && resources.contains(&"clusternetworkpolicies".to_string()) == cluster,
+            "{sets:?}: daemon may read {resources:?}"
+        );
+    }
     let docs = render(&["podNetwork.create=false", "operator.replicas=1"])?;
     ensure!(docs.iter().all(|d| d["kind"] != "PodNetwork"));
     ensure!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
@@ -627,6 +658,14 @@ async fn rbac_is_least_privilege(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
                     "--all-namespaces",
                 ],
                 true,
+            ),
+            (
+                &["watch", "clusternetworkpolicies.policy.networking.k8s.io"],
+                true,
+            ),
+            (
+                &["update", "clusternetworkpolicies.policy.networking.k8s.io"],
+                false,
             ),
             (&["create", "pods", "-n", "default"], false),
             (

@@ -63,6 +63,10 @@ fn main() -> std::process::ExitCode {
             network_policy,
         ),
         (
+            "cluster_network_policy_tiers_decide_around_network_policy",
+            cluster_network_policy,
+        ),
+        (
             "daemon_runs_unprivileged_with_the_charts_security_context",
             daemon_security,
         ),
@@ -1008,6 +1012,228 @@ fn network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
         ))
     })();
     cleanup(lab);
+    result
+}
+
+// ---- 3d ----
+
+/// A ClusterNetworkPolicy of the test (label podnet-test=cnp).
+fn cnp(name: &str, tier: &str, priority: u32, subject: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata:\n  name: {name}\n  labels: {{podnet-test: cnp}}\nspec:\n  tier: {tier}\n  priority: {priority}\n  subject: {subject}\n{rules}"
+    )
+}
+
+/// The cluster-admin tiers as a cluster admin uses them, through kubectl and the
+/// chart's CRD: a Baseline default-deny that a namespace's NetworkPolicy overrides, an
+/// Admin Accept that overrides that NetworkPolicy, an Admin Deny of higher precedence
+/// over both, a Pass handing back to the NetworkPolicy, an Admin egress Deny to a
+/// network; same node and across nodes, IPv4 and IPv6.
+fn cluster_network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let httpd = format!("exec /bin/busybox httpd -f -p [::]:{ECHO_PORT} -h /www");
+    let idle = "exec sleep 3600";
+    let (n1, n2, n3) = (
+        lab.nodes[0].name.clone(),
+        lab.nodes[1].name.clone(),
+        lab.nodes[2].name.clone(),
+    );
+    let mut docs = String::new();
+    for ns in ["tier-a", "tier-b"] {
+        docs.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n"
+        ));
+    }
+    docs.push_str(&policy_pod("srv", "tier-a", &n1, "srv", &httpd));
+    docs.push_str(&policy_pod("cli-a", "tier-a", &n2, "cli", idle));
+    docs.push_str(&policy_pod("cli-b", "tier-b", &n3, "cli", idle));
+    docs.push_str(&policy_pod("cli-b1", "tier-b", &n1, "cli", idle));
+    kubectl(lab, &["apply", "-f", "-"], &docs)?;
+    let delete_policies = |lab: &RealLab| {
+        let _ = kubectl(
+            lab,
+            &[
+                "delete",
+                "clusternetworkpolicy",
+                "-l",
+                "podnet-test=cnp",
+                "--wait=true",
+            ],
+            "",
+        );
+        let _ = kubectl(
+            lab,
+            &[
+                "delete",
+                "networkpolicy",
+                "-n",
+                "tier-a",
+                "--all",
+                "--wait=true",
+            ],
+            "",
+        );
+    };
+    let result = (|| -> anyhow::Result<String> {
+        for (ns, pod) in [
+            ("tier-a", "srv"),
+            ("tier-a", "cli-a"),
+            ("tier-b", "cli-b"),
+            ("tier-b", "cli-b1"),
+        ] {
+            kubectl(
+                lab,
+                &[
+                    "wait",
+                    "-n",
+                    ns,
+                    "--for=condition=Ready",
+                    &format!("pod/{pod}"),
+                    "--timeout=120s",
+                ],
+                "",
+            )?;
+        }
+        let srv: Vec<String> = kubectl(
+            lab,
+            &[
+                "get",
+                "pod",
+                "-n",
+                "tier-a",
+                "srv",
+                "-o",
+                "jsonpath={.status.podIPs[*].ip}",
+            ],
+            "",
+        )?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+        ensure!(srv.len() == 2, "srv needs both families: {srv:?}");
+        let clients = [
+            ("tier-a", "cli-a"),
+            ("tier-b", "cli-b"),
+            ("tier-b", "cli-b1"),
+        ];
+        // Which clients reach srv over both families (a client counts as reaching only
+        // when both do, and as refused only when neither does).
+        let reach = |wait: u32| -> Vec<(String, Option<bool>)> {
+            clients
+                .iter()
+                .map(|(ns, c)| {
+                    let got: Vec<bool> = srv
+                        .iter()
+                        .map(|ip| ask(lab, ns, c, ip, ECHO_PORT, wait).is_some())
+                        .collect();
+                    let v = if got.iter().all(|g| *g) {
+                        Some(true)
+                    } else if got.iter().all(|g| !*g) {
+                        Some(false)
+                    } else {
+                        None // the families disagree
+                    };
+                    (c.to_string(), v)
+                })
+                .collect()
+        };
+        let mut last = Vec::new();
+        let mut expect = |what: &str, want: [bool; 3]| -> anyhow::Result<f64> {
+            let t = Instant::now();
+            wait(what, Duration::from_secs(30), || {
+                last = reach(1);
+                Ok(last.iter().zip(want).all(|((_, got), w)| *got == Some(w)))
+            })
+            .with_context(|| format!("wanted cli-a, cli-b, cli-b1 = {want:?}, got {last:?}"))?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let apply = |yaml: &str| kubectl(lab, &["apply", "-f", "-"], yaml);
+        expect("everything reachable without policies", [true, true, true])?;
+        let srv_subject = "{pods: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: tier-a}}, podSelector: {matchLabels: {pol: srv}}}}";
+        // 1. A Baseline default-deny for srv.
+        apply(&cnp(
+            "base-deny",
+            "Baseline",
+            10,
+            srv_subject,
+            "  ingress:\n  - {name: all, action: Deny, from: [{namespaces: {}}]}\n",
+        ))?;
+        let t1 = expect("the Baseline deny", [false, false, false])?;
+        // 2. The namespace's NetworkPolicy overrides the baseline: cli-a only.
+        apply(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: srv-from-cli\n  namespace: tier-a\nspec:\n  podSelector: {matchLabels: {pol: srv}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pol: cli}}}]\n",
+        )?;
+        expect("the NetworkPolicy over the Baseline", [true, false, false])?;
+        // 3. An Admin Accept from tier-b overrides the NetworkPolicy.
+        apply(&cnp(
+            "admin-accept-b",
+            "Admin",
+            20,
+            srv_subject,
+            "  ingress:\n  - {name: from-b, action: Accept, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: tier-b}}}]}\n",
+        ))?;
+        expect(
+            "the Admin Accept over the NetworkPolicy",
+            [true, true, true],
+        )?;
+        // 4. An Admin Deny of higher precedence (lower priority number) over both.
+        let deny_a = |action: &str| {
+            cnp(
+                "admin-first",
+                "Admin",
+                5,
+                srv_subject,
+                &format!(
+                    "  ingress:\n  - {{name: a, action: {action}, from: [{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: tier-a}}}}}}]}}\n  - {{name: b1, action: {action}, from: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{pol: cli}}}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 9}}}}}}]}}\n"
+                ),
+            )
+        };
+        apply(&deny_a("Deny"))?;
+        expect("the Admin Deny over the NetworkPolicy", [false, true, true])?;
+        // 5. The same rule as Pass: NetworkPolicy decides for cli-a again (the port-9
+        //    rule never matches the echo port).
+        apply(&deny_a("Pass"))?;
+        expect(
+            "the Admin Pass back to the NetworkPolicy",
+            [true, true, true],
+        )?;
+        // 6. Admin egress Deny to the external host's network for tier-b's pods.
+        let ext = lab.external_ips.clone();
+        apply(&cnp(
+            "admin-egress",
+            "Admin",
+            30,
+            "{namespaces: {matchLabels: {kubernetes.io/metadata.name: tier-b}}}",
+            &format!(
+                "  egress:\n  - {{name: no-ext, action: Deny, to: [{{networks: [{}/32, {}/128]}}]}}\n",
+                ext[0], ext[1]
+            ),
+        ))?;
+        wait(
+            "the egress Deny to a network",
+            Duration::from_secs(30),
+            || {
+                Ok(ext
+                    .iter()
+                    .all(|e| ask(lab, "tier-b", "cli-b", e, ECHO_PORT, 1).is_none()))
+            },
+        )?;
+        ensure!(
+            ext.iter()
+                .all(|e| ask(lab, "tier-a", "cli-a", e, ECHO_PORT, 3).is_some()),
+            "tier-a's pods lost the external host to a policy for tier-b"
+        );
+        // 7. Everything gone: everything reachable again.
+        delete_policies(lab);
+        expect(
+            "everything reachable after the policies are deleted",
+            [true, true, true],
+        )?;
+        Ok(format!(
+            "Baseline deny enforced {t1:.1} s after kubectl apply (probes included); a NetworkPolicy overrode it; an Admin Accept overrode the NetworkPolicy; an Admin Deny of higher precedence overrode both; Pass handed back to the NetworkPolicy; an Admin egress Deny to a network (IPv4 and IPv6) held for tier-b only; all reachable again once deleted (same node and across nodes, IPv4 and IPv6)"
+        ))
+    })();
+    delete_policies(lab);
+    let _ = kubectl(lab, &["delete", "-f", "-", "--wait=true"], &docs);
     result
 }
 

@@ -42,6 +42,8 @@ use crate::routes::{KernelView, RouteReport, apply_routes, plan_routes, read_rou
 use crate::state;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::cluster_policy::ClusterNetworkPolicy;
 use podnet_firewall::policy::PolicyPlan;
 
 /// The field manager of the daemon's status writes.
@@ -71,6 +73,9 @@ pub struct DaemonConfig {
     /// Enforce NetworkPolicy (watch Pods, Namespaces and NetworkPolicies; program the
     /// `inet podnet-policy` table). Off: that table is removed.
     pub network_policy: bool,
+    /// With network policy on, also enforce the cluster-admin tiers
+    /// (ClusterNetworkPolicy, policy.networking.k8s.io: its CRD must be installed).
+    pub cluster_network_policy: bool,
 }
 
 /// Label of the per-rule metrics.
@@ -339,6 +344,8 @@ struct PolicyInputs {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
+    /// `None`: the cluster-admin tiers are off.
+    cluster: Option<Store<ClusterNetworkPolicy>>,
 }
 
 /// What the reporter task publishes: the condition, and the rejections and policy
@@ -376,6 +383,13 @@ impl Daemon {
                 Arc::clone(&notify),
                 strip_managed_fields,
             ),
+            cluster: config.cluster_network_policy.then(|| {
+                spawn_reflector(
+                    Api::all(clients.watch.clone()),
+                    Arc::clone(&notify),
+                    strip_managed_fields,
+                )
+            }),
         });
         Self {
             policy_inputs,
@@ -416,6 +430,9 @@ impl Daemon {
                 let _ = p.pods.wait_until_ready().await;
                 let _ = p.namespaces.wait_until_ready().await;
                 let _ = p.policies.wait_until_ready().await;
+                if let Some(c) = &p.cluster {
+                    let _ = c.wait_until_ready().await;
+                }
             }
         };
         tokio::pin!(synced);
@@ -749,12 +766,19 @@ impl Daemon {
             .iter()
             .map(|p| (**p).clone())
             .collect();
+        let cluster: Vec<ClusterNetworkPolicy> = inputs
+            .cluster
+            .iter()
+            .flat_map(|c| c.state())
+            .map(|p| (*p).clone())
+            .collect();
         let c = policy::compile(
             &self.config.node_name,
             &desired.own_cidrs,
             &pods,
             &namespaces,
             &policies,
+            &cluster,
         );
         self.metrics
             .policies
@@ -1012,23 +1036,33 @@ impl StatusReporter {
                 type_: EventType::Warning,
                 reason: reason::POLICY_NOT_ENFORCED.into(),
                 note: Some(
-                    format!(
-                        "node {}: {} (this part allows nothing)",
-                        self.node_name, p.why
-                    )
-                    .chars()
-                    .take(1000)
-                    .collect(),
+                    format!("node {}: {}", self.node_name, p.why)
+                        .chars()
+                        .take(1000)
+                        .collect(),
                 ),
                 action: "Enforce".into(),
                 secondary: None,
             };
-            let reference = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("networking.k8s.io/v1".into()),
-                kind: Some("NetworkPolicy".into()),
-                name: Some(p.name.clone()),
-                namespace: Some(p.namespace.clone()),
-                ..Default::default()
+            let reference = if p.cluster {
+                k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some(format!(
+                        "{}/{}",
+                        crate::cluster_policy::GROUP,
+                        crate::cluster_policy::VERSION
+                    )),
+                    kind: Some("ClusterNetworkPolicy".into()),
+                    name: Some(p.name.clone()),
+                    ..Default::default()
+                }
+            } else {
+                k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("networking.k8s.io/v1".into()),
+                    kind: Some("NetworkPolicy".into()),
+                    name: Some(p.name.clone()),
+                    namespace: Some(p.namespace.clone()),
+                    ..Default::default()
+                }
             };
             match self.recorder.publish(&ev, &reference).await {
                 Ok(()) => {

@@ -5,6 +5,7 @@
 //! [`desired`] is pure; [`routes`], [`firewall`] and [`cniconf`] apply it;
 //! [`controller`] runs the loop.
 
+pub mod cluster_policy;
 pub mod cniconf;
 pub mod controller;
 pub mod desired;

@@ -102,6 +102,11 @@ struct RunArgs {
     /// removes that table.
     #[arg(long, env = "PODNET_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
     network_policy: bool,
+    /// With network policy on, also enforce ClusterNetworkPolicy, the cluster-admin
+    /// tiers of sigs.k8s.io/network-policy-api (its CRD must be installed; the chart
+    /// ships it).
+    #[arg(long, env = "PODNET_CLUSTER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_network_policy: bool,
 }
 
 #[derive(Args)]
@@ -247,6 +252,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         startup_grace: args.startup_grace,
         firewall: args.firewall,
         network_policy: args.network_policy,
+        cluster_network_policy: args.cluster_network_policy,
     };
     let clients = ApiClients::infer()
         .await

@@ -30,7 +30,11 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use podnet_firewall::hostports::Protocol;
-use podnet_firewall::policy::{AddrSet, Peer, PodChains, PolicyPlan, Ports, Rule};
+use podnet_firewall::policy::{
+    Action, AddrSet, Peer, PodChains, PolicyPlan, Ports, Rule, TierRule, Tiers,
+};
+
+use crate::cluster_policy::{self as cnp, ClusterNetworkPolicy};
 
 /// What the compiler needs of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,10 +166,14 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
         })
 }
 
-/// A policy part that is not enforced (it allows nothing), for an event.
+/// A policy part that is not enforced as written, for an event: a NetworkPolicy part
+/// allows nothing; a ClusterNetworkPolicy rule fails closed (an `Accept` matches
+/// nothing, a `Deny` or `Pass` denies everything), as the API asks.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
-    /// The policy's namespace.
+    /// Whether it is a ClusterNetworkPolicy's (else a NetworkPolicy's).
+    pub cluster: bool,
+    /// The policy's namespace (empty for a ClusterNetworkPolicy).
     pub namespace: String,
     /// The policy's name.
     pub name: String,
@@ -215,19 +223,113 @@ struct Ctx<'a> {
     problems: BTreeSet<Problem>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     fn problem(&mut self, np: &NetworkPolicy, why: String) {
         self.problems.insert(Problem {
+            cluster: false,
             namespace: np.metadata.namespace.clone().unwrap_or_default(),
             name: np.metadata.name.clone().unwrap_or_default(),
+            why: format!("{why} (this part allows nothing)"),
+        });
+    }
+
+    fn cluster_problem(&mut self, name: &str, why: String) {
+        self.problems.insert(Problem {
+            cluster: true,
+            namespace: String::new(),
+            name: name.to_string(),
             why,
         });
     }
 
-    /// The pods a selector peer picks.
-    fn peer_pods(&self, np_ns: &str, peer: &NetworkPolicyPeer) -> Vec<&PodView> {
-        self.pods
+    /// The pods of the namespaces `ns_sel` selects whose labels `pod_sel` selects.
+    fn selected_pods(
+        &self,
+        ns_sel: &LabelSelector,
+        pod_sel: Option<&LabelSelector>,
+    ) -> Vec<&'a PodView> {
+        let pods: &'a [PodView] = self.pods;
+        pods.iter()
+            .filter(|p| {
+                self.namespaces
+                    .get(&p.namespace)
+                    .is_some_and(|labels| selects(ns_sel, labels))
+                    && pod_sel.is_none_or(|sel| selects(sel, &p.labels))
+            })
+            .collect()
+    }
+
+    /// Pods as a peer: their addresses in one set per family (both declared, so pods
+    /// coming and going only change elements), and the addresses.
+    fn pods_peer(&mut self, key: &str, pods: &[&PodView]) -> (Peer, Vec<IpAddr>) {
+        let ips: Vec<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
+        let mut fam = |v6: bool| {
+            let nets = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| IpNet::from(*ip))
+                .collect();
+            self.nets_set(format!("s-{key}-{}", if v6 { 6 } else { 4 }), v6, nets)
+        };
+        let (v4, v6) = (fam(false), fam(true));
+        (
+            Peer::Sets {
+                v4: Some(v4),
+                v6: Some(v6),
+                except4: None,
+                except6: None,
+            },
+            ips,
+        )
+    }
+
+    /// Named ports of the pods with addresses `ips`, as (address, protocol, port) sets
+    /// (a name with protocol `None` matches that name in any protocol).
+    fn named_ports(
+        &mut self,
+        key: &str,
+        ips: &[IpAddr],
+        named: &[(String, Option<Protocol>)],
+    ) -> Ports {
+        let mut entries4 = Vec::new();
+        let mut entries6 = Vec::new();
+        for p in self
+            .pods
             .iter()
+            .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
+        {
+            for (pname, proto) in named {
+                for (n, pr, port) in &p.named_ports {
+                    if n == pname && proto.is_none_or(|want| want == *pr) {
+                        for ip in &p.ips {
+                            let e = (*ip, *pr, *port);
+                            if ip.is_ipv6() {
+                                entries6.push(e)
+                            } else {
+                                entries4.push(e)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let (n4, n6) = (format!("n-{key}-4"), format!("n-{key}-6"));
+        for (name, v6, mut entries) in [(&n4, false, entries4), (&n6, true, entries6)] {
+            entries.sort();
+            entries.dedup();
+            self.sets
+                .insert(name.clone(), AddrSet::Ports { v6, entries });
+        }
+        Ports::Named {
+            v4: Some(n4),
+            v6: Some(n6),
+        }
+    }
+
+    /// The pods a selector peer picks.
+    fn peer_pods(&self, np_ns: &str, peer: &NetworkPolicyPeer) -> Vec<&'a PodView> {
+        let pods: &'a [PodView] = self.pods;
+        pods.iter()
             .filter(|p| match &peer.namespace_selector {
                 Some(ns_sel) => self
                     .namespaces
@@ -305,29 +407,8 @@ impl Ctx<'_> {
                 Vec::new(),
             ));
         }
-        let ips: Vec<IpAddr> = self
-            .peer_pods(&np_ns, peer)
-            .iter()
-            .flat_map(|p| p.ips.iter().copied())
-            .collect();
-        let mut fam = |v6: bool| {
-            let nets = ips
-                .iter()
-                .filter(|ip| ip.is_ipv6() == v6)
-                .map(|ip| IpNet::from(*ip))
-                .collect();
-            self.nets_set(format!("s-{key}-{}", if v6 { 6 } else { 4 }), v6, nets)
-        };
-        let (v4, v6) = (fam(false), fam(true));
-        Some((
-            Peer::Sets {
-                v4: Some(v4),
-                v6: Some(v6),
-                except4: None,
-                except6: None,
-            },
-            ips,
-        ))
+        let pods = self.peer_pods(&np_ns, peer);
+        Some(self.pods_peer(key, &pods))
     }
 }
 
@@ -378,6 +459,7 @@ pub fn compile(
     pods: &[PodView],
     namespaces: &BTreeMap<String, BTreeMap<String, String>>,
     policies: &[NetworkPolicy],
+    cluster: &[ClusterNetworkPolicy],
 ) -> Compiled {
     let mut ctx = Ctx {
         pods,
@@ -396,7 +478,8 @@ pub fn compile(
     let mut selecting = BTreeSet::new();
     let mut sorted: Vec<&NetworkPolicy> = policies.iter().collect();
     sorted.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
-    for pod in local {
+    let (mut tiers, cluster_selecting) = cluster_tiers(&mut ctx, &local, cluster);
+    for (idx, pod) in local.into_iter().enumerate() {
         let mut ingress: Option<Vec<Rule>> = None;
         let mut egress: Option<Vec<Rule>> = None;
         for np in &sorted {
@@ -505,65 +588,32 @@ pub fn compile(
                         let key = key.unwrap_or_else(|| {
                             hash16(&[&ns, &name, "out", &i.to_string(), "any", &j.to_string()])
                         });
-                        let mut entries4 = Vec::new();
-                        let mut entries6 = Vec::new();
-                        for p in pods
-                            .iter()
-                            .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
-                        {
-                            for (pname, proto) in &named {
-                                for (n, pr, port) in &p.named_ports {
-                                    if n == pname && pr == proto {
-                                        for ip in &p.ips {
-                                            let e = (*ip, *proto, *port);
-                                            if ip.is_ipv6() {
-                                                entries6.push(e)
-                                            } else {
-                                                entries4.push(e)
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        let (n4, n6) = (format!("n-{key}-4"), format!("n-{key}-6"));
-                        entries4.sort();
-                        entries4.dedup();
-                        entries6.sort();
-                        entries6.dedup();
-                        ctx.sets.insert(
-                            n4.clone(),
-                            AddrSet::Ports {
-                                v6: false,
-                                entries: entries4,
-                            },
-                        );
-                        ctx.sets.insert(
-                            n6.clone(),
-                            AddrSet::Ports {
-                                v6: true,
-                                entries: entries6,
-                            },
-                        );
+                        let named: Vec<(String, Option<Protocol>)> =
+                            named.iter().map(|(n, p)| (n.clone(), Some(*p))).collect();
+                        let ports = ctx.named_ports(&key, &ips, &named);
                         rules.push(Rule {
                             comment: comment.clone(),
                             peer: Peer::Any,
-                            ports: Ports::Named {
-                                v4: Some(n4),
-                                v6: Some(n6),
-                            },
+                            ports,
                         });
                     }
                 }
             }
         }
-        if ingress.is_some() || egress.is_some() {
+        let (cluster_ingress, cluster_egress) = std::mem::take(&mut tiers[idx]);
+        if ingress.is_some()
+            || egress.is_some()
+            || !cluster_ingress.is_empty()
+            || !cluster_egress.is_empty()
+        {
             plan.pods.push(PodChains {
                 key: hash16(&[&pod.namespace, &pod.name]),
                 name: format!("{}/{}", pod.namespace, pod.name),
                 ips: pod.ips.clone(),
                 ingress,
                 egress,
+                cluster_ingress,
+                cluster_egress,
             });
         }
     }
@@ -572,8 +622,311 @@ pub fn compile(
     Compiled {
         plan,
         problems: ctx.problems.into_iter().collect(),
-        policies: selecting.len(),
+        policies: selecting.len() + cluster_selecting,
     }
+}
+
+/// Numbered protocol ports and named ports of a ClusterNetworkPolicy rule; `None`: an
+/// entry podnet cannot read (unknown field, invalid port) — the rule fails closed.
+type ClusterPorts = (
+    Vec<(Protocol, Option<(u16, u16)>)>,
+    Vec<(String, Option<Protocol>)>,
+);
+
+fn cluster_ports(protocols: &[cnp::Protocol]) -> Result<ClusterPorts, String> {
+    let mut numbered = Vec::new();
+    let mut named = Vec::new();
+    for p in protocols {
+        let by_proto = [
+            (Protocol::Tcp, &p.tcp),
+            (Protocol::Udp, &p.udp),
+            (Protocol::Sctp, &p.sctp),
+        ];
+        let set = by_proto.iter().filter(|(_, v)| v.is_some()).count()
+            + usize::from(p.destination_named_port.is_some());
+        if set != 1 {
+            return Err(format!(
+                "a protocols entry sets {set} of tcp, udp, sctp and destinationNamedPort (exactly one is required)"
+            ));
+        }
+        if let Some(name) = &p.destination_named_port {
+            named.push((name.clone(), None));
+        }
+        for (proto, v) in by_proto {
+            let Some(v) = v else { continue };
+            let range = match &v.destination_port {
+                None => None,
+                Some(cnp::Port {
+                    number: Some(n),
+                    range: None,
+                }) => Some((*n, *n)),
+                Some(cnp::Port {
+                    number: None,
+                    range: Some(r),
+                }) => Some((r.start, r.end)),
+                Some(other) => {
+                    return Err(format!(
+                        "destinationPort {other:?} sets not exactly one of number and range"
+                    ));
+                }
+            };
+            match range {
+                None => numbered.push((proto, None)),
+                Some((lo, hi)) => match (u16::try_from(lo), u16::try_from(hi)) {
+                    (Ok(lo), Ok(hi)) if lo > 0 && hi >= lo => {
+                        numbered.push((proto, Some((lo, hi))))
+                    }
+                    _ => return Err(format!("port {lo}-{hi} is not a valid port range")),
+                },
+            }
+        }
+    }
+    Ok((numbered, named))
+}
+
+/// Whether a ClusterNetworkPolicy subject selects `pod` (`None`: the subject sets
+/// neither or both of its fields, and selects nothing).
+fn subject_selects(ctx: &Ctx<'_>, subject: &cnp::Subject, pod: &PodView) -> Option<bool> {
+    let ns_labels = ctx.namespaces.get(&pod.namespace);
+    match (&subject.namespaces, &subject.pods) {
+        (Some(ns), None) => Some(ns_labels.is_some_and(|l| selects(ns, l))),
+        (None, Some(p)) => Some(
+            ns_labels.is_some_and(|l| selects(&p.namespace_selector, l))
+                && selects(&p.pod_selector, &pod.labels),
+        ),
+        _ => None,
+    }
+}
+
+/// A ClusterNetworkPolicy peer as sets, with the pod addresses it stands for (none for
+/// networks). `Err`: a peer podnet does not enforce, or an invalid one.
+fn cluster_peer(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    peer: &cnp::Peer,
+) -> Result<(Peer, Vec<IpAddr>), String> {
+    let set = usize::from(peer.namespaces.is_some())
+        + usize::from(peer.pods.is_some())
+        + usize::from(peer.networks.is_some())
+        + usize::from(peer.nodes.is_some())
+        + usize::from(peer.domain_names.is_some());
+    if set != 1 {
+        return Err(format!(
+            "a peer sets {set} fields (exactly one is required; is the CRD newer than podnet?)"
+        ));
+    }
+    if let Some(ns) = &peer.namespaces {
+        let pods = ctx.selected_pods(ns, None);
+        return Ok(ctx.pods_peer(key, &pods));
+    }
+    if let Some(p) = &peer.pods {
+        let pods = ctx.selected_pods(&p.namespace_selector, Some(&p.pod_selector));
+        return Ok(ctx.pods_peer(key, &pods));
+    }
+    if let Some(networks) = &peer.networks {
+        let mut nets = (Vec::new(), Vec::new());
+        for n in networks {
+            match n.parse::<IpNet>() {
+                Ok(net) if net.trunc() == net => {
+                    if net.addr().is_ipv6() {
+                        nets.1.push(net)
+                    } else {
+                        nets.0.push(net)
+                    }
+                }
+                _ => return Err(format!("network {n:?} is not a CIDR in canonical form")),
+            }
+        }
+        let mut set = |v6: bool, list: Vec<IpNet>| {
+            (!list.is_empty())
+                .then(|| ctx.nets_set(format!("s-{key}-{}", if v6 { 6 } else { 4 }), v6, list))
+        };
+        let (v4, v6) = (set(false, nets.0), set(true, nets.1));
+        return Ok((
+            Peer::Sets {
+                v4,
+                v6,
+                except4: None,
+                except6: None,
+            },
+            Vec::new(),
+        ));
+    }
+    Err(if peer.nodes.is_some() {
+        "a nodes peer (upstream's experimental channel) is not enforced by podnet".to_string()
+    } else {
+        "a domainNames peer (upstream's experimental channel) is not enforced by podnet".to_string()
+    })
+}
+
+/// The cluster-admin tiers (ClusterNetworkPolicy) of each pod of `local`, in the
+/// order the API evaluates them: by priority (then name: same-priority order is left
+/// to the implementation), then rule order. Also returns how many policies select a
+/// pod of this node. A rule podnet cannot read fails closed as the API asks: an
+/// `Accept` matches nothing, a `Deny` or `Pass` becomes "deny all".
+fn cluster_tiers(
+    ctx: &mut Ctx<'_>,
+    local: &[&PodView],
+    cluster: &[ClusterNetworkPolicy],
+) -> (Vec<(Tiers, Tiers)>, usize) {
+    let mut out = vec![(Tiers::default(), Tiers::default()); local.len()];
+    let mut sorted: Vec<&ClusterNetworkPolicy> = cluster.iter().collect();
+    sorted.sort_by_key(|c| (c.spec.priority, c.metadata.name.clone()));
+    let mut selecting = 0;
+    for policy in sorted {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        let spec = &policy.spec;
+        let admin = match spec.tier.as_str() {
+            "Admin" => true,
+            "Baseline" => false,
+            t => {
+                ctx.cluster_problem(
+                    &name,
+                    format!("tier {t:?} is neither Admin nor Baseline: the policy is not enforced"),
+                );
+                continue;
+            }
+        };
+        let mut subjects = Vec::new();
+        for (i, pod) in local.iter().enumerate() {
+            match subject_selects(ctx, &spec.subject, pod) {
+                Some(true) => subjects.push(i),
+                Some(false) => {}
+                None => {
+                    ctx.cluster_problem(&name, "the subject sets not exactly one of namespaces and pods: it selects no pod".into());
+                    break;
+                }
+            }
+        }
+        if subjects.is_empty() {
+            continue;
+        }
+        selecting += 1;
+        let ingress_rules = spec
+            .ingress
+            .iter()
+            .map(|r| (&r.name, &r.action, &r.from, &r.protocols));
+        let egress_rules = spec
+            .egress
+            .iter()
+            .map(|r| (&r.name, &r.action, &r.to, &r.protocols));
+        for (ingress, rules) in [
+            (true, ingress_rules.collect::<Vec<_>>()),
+            (false, egress_rules.collect::<Vec<_>>()),
+        ] {
+            let dir = if ingress { "ingress" } else { "egress" };
+            for (i, (rule_name, action, peers, protocols)) in rules.into_iter().enumerate() {
+                let comment = format!("{name} {dir}[{i}] {rule_name}")
+                    .trim_end()
+                    .to_string();
+                let action = match action.as_str() {
+                    "Accept" => Action::Accept,
+                    "Deny" => Action::Deny,
+                    "Pass" => Action::Pass,
+                    other => {
+                        ctx.cluster_problem(&name, format!("{dir}[{i}]: action {other:?} is not Accept, Deny or Pass: it denies all"));
+                        Action::Deny
+                    }
+                };
+                let mut broken = None;
+                let (numbered, named) = cluster_ports(protocols).unwrap_or_else(|why| {
+                    broken = Some(why);
+                    Default::default()
+                });
+                // (peer, its pod addresses, whether named ports resolve against it)
+                let mut targets = Vec::new();
+                for (j, peer) in peers.iter().enumerate() {
+                    let key = hash16(&["cnp", &name, dir, &i.to_string(), &j.to_string()]);
+                    match cluster_peer(ctx, &key, peer) {
+                        Ok((p, ips)) => targets.push((p, ips, key)),
+                        Err(why) => broken = Some(why),
+                    }
+                }
+                if let Some(why) = broken {
+                    let effect = if action == Action::Accept {
+                        "it matches nothing"
+                    } else {
+                        "it denies all"
+                    };
+                    ctx.cluster_problem(&name, format!("{dir}[{i}]: {why}; {effect}"));
+                    if action != Action::Accept {
+                        let deny_all = TierRule {
+                            action: Action::Deny,
+                            rule: Rule {
+                                comment: comment.clone(),
+                                peer: Peer::Any,
+                                ports: Ports::Any,
+                            },
+                        };
+                        for &idx in &subjects {
+                            let t = if ingress {
+                                &mut out[idx].0
+                            } else {
+                                &mut out[idx].1
+                            };
+                            if admin {
+                                t.admin.push(deny_all.clone())
+                            } else {
+                                t.baseline.push(deny_all.clone())
+                            }
+                        }
+                    }
+                    continue;
+                }
+                for &idx in &subjects {
+                    let mut compiled = Vec::new();
+                    for (peer, ips, key) in &targets {
+                        if protocols.is_empty() || !numbered.is_empty() {
+                            let ports = if protocols.is_empty() {
+                                Ports::Any
+                            } else {
+                                Ports::List(numbered.clone())
+                            };
+                            compiled.push(Rule {
+                                comment: comment.clone(),
+                                peer: peer.clone(),
+                                ports,
+                            });
+                        }
+                        if named.is_empty() {
+                            continue;
+                        }
+                        if ingress {
+                            // This pod's own container ports.
+                            let mine: Vec<(Protocol, Option<(u16, u16)>)> = local[idx]
+                                .named_ports
+                                .iter()
+                                .filter(|(n, _, _)| named.iter().any(|(want, _)| want == n))
+                                .map(|(_, proto, port)| (*proto, Some((*port, *port))))
+                                .collect();
+                            if !mine.is_empty() {
+                                compiled.push(Rule {
+                                    comment: comment.clone(),
+                                    peer: peer.clone(),
+                                    ports: Ports::List(mine),
+                                });
+                            }
+                        } else if !ips.is_empty() {
+                            let ports = ctx.named_ports(key, ips, &named);
+                            compiled.push(Rule {
+                                comment: comment.clone(),
+                                peer: Peer::Any,
+                                ports,
+                            });
+                        }
+                    }
+                    let t = if ingress {
+                        &mut out[idx].0
+                    } else {
+                        &mut out[idx].1
+                    };
+                    let tier = if admin { &mut t.admin } else { &mut t.baseline };
+                    tier.extend(compiled.into_iter().map(|rule| TierRule { action, rule }));
+                }
+            }
+        }
+    }
+    (out, selecting)
 }
 
 #[cfg(test)]
@@ -638,6 +991,189 @@ mod tests {
         vec!["10.244.1.0/24".parse().unwrap_or_else(|e| panic!("{e}"))]
     }
 
+    fn cnp(v: serde_json::Value) -> ClusterNetworkPolicy {
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn cluster(policies: &[ClusterNetworkPolicy]) -> Compiled {
+        compile("n1", &cidrs(), &pods(), &namespaces(), &[], policies)
+    }
+
+    fn chains<'p>(c: &'p Compiled, name: &str) -> &'p PodChains {
+        c.plan
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no chains for {name}: {:?}", c.plan.pods))
+    }
+
+    /// Admin and Baseline policies land in their tiers of the subject pods of this node,
+    /// ordered by priority then rule order, with their actions; pods of other nodes and
+    /// unselected pods get nothing; no NetworkPolicy isolation is implied.
+    #[test]
+    fn cluster_policies_fill_the_tiers_of_their_subjects_in_priority_order() {
+        let admin_late = cnp(json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "z-late"},
+            "spec": {"tier": "Admin", "priority": 50,
+                "subject": {"namespaces": {"matchLabels": {"team": "a"}}},
+                "ingress": [{"name": "deny-other", "action": "Deny",
+                    "from": [{"namespaces": {"matchLabels": {"team": "b"}}}]}]}
+        }));
+        let admin_early = cnp(json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "a-early"},
+            "spec": {"tier": "Admin", "priority": 5,
+                "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "db"}}}},
+                "ingress": [
+                    {"action": "Pass", "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}}]},
+                    {"action": "Accept", "from": [{"namespaces": {}}],
+                     "protocols": [{"tcp": {"destinationPort": {"number": 5432}}},
+                                   {"udp": {"destinationPort": {"range": {"start": 1000, "end": 2000}}}},
+                                   {"sctp": {}}]}
+                ],
+                "egress": [{"action": "Deny", "to": [{"networks": ["192.0.2.0/24", "2001:db8::/32"]}]}]}
+        }));
+        let baseline = cnp(json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "default-deny"},
+            "spec": {"tier": "Baseline", "priority": 0, "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+        }));
+        let c = cluster(&[admin_late, baseline, admin_early]);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.policies, 3);
+        let db = chains(&c, "default/db");
+        assert_eq!(
+            db.ingress, None,
+            "a cluster policy does not isolate for NetworkPolicy"
+        );
+        let actions: Vec<(Action, &str)> = db
+            .cluster_ingress
+            .admin
+            .iter()
+            .map(|r| (r.action, r.rule.comment.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                (Action::Pass, "a-early ingress[0]"),
+                (Action::Accept, "a-early ingress[1]"),
+                (Action::Deny, "z-late ingress[0] deny-other"),
+            ],
+            "priority 5 before 50, rules in order"
+        );
+        assert_eq!(
+            db.cluster_ingress.admin[1].rule.ports,
+            Ports::List(vec![
+                (Protocol::Tcp, Some((5432, 5432))),
+                (Protocol::Udp, Some((1000, 2000))),
+                (Protocol::Sctp, None),
+            ])
+        );
+        assert_eq!(db.cluster_ingress.baseline.len(), 1);
+        assert_eq!(db.cluster_ingress.baseline[0].action, Action::Deny);
+        // The Pass peer: web pods of every namespace, as sets.
+        let Peer::Sets { v4: Some(v4), .. } = &db.cluster_ingress.admin[0].rule.peer else {
+            panic!("{:?}", db.cluster_ingress.admin[0].rule.peer)
+        };
+        let Some(AddrSet::Nets { nets, .. }) = c.plan.sets.get(v4) else {
+            panic!("no set {v4}")
+        };
+        assert_eq!(
+            nets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["10.244.2.7/32", "10.244.2.8/32"]
+        );
+        // Egress networks: one set per family.
+        let Peer::Sets {
+            v4: Some(n4),
+            v6: Some(n6),
+            ..
+        } = &db.cluster_egress.admin[0].rule.peer
+        else {
+            panic!("{:?}", db.cluster_egress.admin[0].rule.peer)
+        };
+        assert!(
+            matches!(c.plan.sets.get(n4), Some(AddrSet::Nets { v6: false, nets }) if nets.len() == 1)
+        );
+        assert!(
+            matches!(c.plan.sets.get(n6), Some(AddrSet::Nets { v6: true, nets }) if nets.len() == 1)
+        );
+        // The other pod of this node: only the team-a Admin policy and the baseline.
+        let free = chains(&c, "default/free");
+        assert_eq!(free.cluster_ingress.admin.len(), 1);
+        assert!(free.cluster_egress.is_empty());
+        assert!(
+            c.plan.pods.iter().all(|p| p.name != "default/web"),
+            "web runs on n2"
+        );
+    }
+
+    /// A rule podnet cannot read fails closed as the API asks: an Accept matches
+    /// nothing, a Deny or Pass becomes "deny all"; each is reported.
+    #[test]
+    fn unreadable_cluster_rules_fail_closed_and_are_reported() {
+        let p = cnp(json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "odd"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                "egress": [
+                    {"action": "Accept", "to": [{"nodes": {}}]},
+                    {"action": "Pass", "to": [{"domainNames": ["example.com"]}]},
+                    {"action": "Deny", "to": [{"networks": ["10.0.0.1/8"]}]},
+                    {"action": "Accept", "to": [{"namespaces": {}}], "protocols": [{"tcp": {"destinationPort": {"number": 0}}}]}
+                ]}
+        }));
+        let c = cluster(&[p]);
+        assert_eq!(c.problems.len(), 4, "{:?}", c.problems);
+        assert!(c.problems.iter().all(|p| p.cluster && p.name == "odd"));
+        let db = chains(&c, "default/db");
+        let got: Vec<(Action, &Peer, &Ports)> = db
+            .cluster_egress
+            .admin
+            .iter()
+            .map(|r| (r.action, &r.rule.peer, &r.rule.ports))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Action::Deny, &Peer::Any, &Ports::Any),
+                (Action::Deny, &Peer::Any, &Ports::Any),
+            ],
+            "the Pass and the Deny deny all; the Accepts match nothing"
+        );
+    }
+
+    /// Named ports: ingress resolves against the subject pod's own container ports,
+    /// egress against the peer pods' (address . protocol . port sets).
+    #[test]
+    fn cluster_named_ports_resolve_like_network_policy() {
+        let p = cnp(json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "named"},
+            "spec": {"tier": "Baseline", "priority": 1,
+                "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "db"}}}},
+                "ingress": [{"action": "Accept", "from": [{"namespaces": {}}],
+                    "protocols": [{"destinationNamedPort": "http"}]}],
+                "egress": [{"action": "Accept", "to": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}}],
+                    "protocols": [{"destinationNamedPort": "http"}]}]}
+        }));
+        let c = cluster(&[p]);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let db = chains(&c, "default/db");
+        assert_eq!(
+            db.cluster_ingress.baseline[0].rule.ports,
+            Ports::List(vec![(Protocol::Tcp, Some((8080, 8080)))])
+        );
+        let Ports::Named { v4: Some(n4), .. } = &db.cluster_egress.baseline[0].rule.ports else {
+            panic!("{:?}", db.cluster_egress.baseline[0].rule)
+        };
+        let Some(AddrSet::Ports { entries, .. }) = c.plan.sets.get(n4) else {
+            panic!("no set {n4}")
+        };
+        assert_eq!(entries.len(), 2, "both web pods' http port: {entries:?}");
+    }
+
     #[test]
     fn selectors_follow_the_api() {
         let l: BTreeMap<String, String> = [
@@ -679,7 +1215,7 @@ mod tests {
 
     #[test]
     fn a_pod_without_policy_is_known_and_not_isolated() {
-        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[]);
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[], &[]);
         assert!(c.plan.pods.is_empty());
         assert_eq!(c.plan.known.len(), 3, "{:?}", c.plan.known);
         assert_eq!(c.policies, 0);
@@ -692,7 +1228,7 @@ mod tests {
             "podSelector": {"matchLabels": {"app": "db"}},
             "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 5432}]}]}}),
         );
-        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p], &[]);
         assert_eq!(c.plan.pods.len(), 1, "only db is selected");
         let chains = &c.plan.pods[0];
         assert_eq!(chains.name, "default/db");
@@ -743,7 +1279,7 @@ mod tests {
                 {"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {"matchLabels": {"app": "web"}}},
                 {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}}]}]}}),
         );
-        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p], &[]);
         assert_eq!(c.plan.pods.len(), 2, "both local pods selected by {{}}");
         let db = c
             .plan
@@ -806,7 +1342,7 @@ mod tests {
             "ingress": [{"ports": [{"port": "http"}, {"port": "missing"}]}],
             "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": "http"}, {"port": 53, "protocol": "UDP"}]}]}}),
         );
-        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p], &[]);
         let db = &c.plan.pods[0];
         assert_eq!(
             db.ingress.clone().unwrap_or_default()[0].ports,
@@ -845,7 +1381,7 @@ mod tests {
                 {"ports": [{"port": 70000}]},
                 {"ports": [{"port": 80, "protocol": "ICMP"}]}]}}),
         );
-        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p]);
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &[p], &[]);
         assert_eq!(c.problems.len(), 4, "{:?}", c.problems);
         assert_eq!(
             c.plan.pods[0].ingress,
