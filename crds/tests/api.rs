@@ -24,8 +24,9 @@ fn main() -> ExitCode {
                         &chart_crds_dir().display().to_string(),
                     ],
                 )?;
+                // podnet's two and upstream's ClusterNetworkPolicy (vendored).
                 ensure!(
-                    out.matches("serverside-applied").count() == 2,
+                    out.matches("serverside-applied").count() == 3,
                     "unexpected apply output: {out}"
                 );
                 let names = kubectl(
@@ -34,7 +35,8 @@ fn main() -> ExitCode {
                 )?;
                 ensure!(
                     names.contains("podnetworks.podnet.dev")
-                        && names.contains("noderoutes.podnet.dev"),
+                        && names.contains("noderoutes.podnet.dev")
+                        && names.contains("clusternetworkpolicies.policy.networking.k8s.io"),
                     "{names}"
                 );
                 let shorts = kubectl(
