@@ -92,7 +92,9 @@ pub struct RealLab {
     pub images: Vec<PathBuf>,
 }
 
-fn save(lab: &RealLab) -> Result<(), LabError> {
+/// Writes the lab's state file (after a change such as a restarted API server, so that
+/// `down` finds the processes that run now).
+pub fn save(lab: &RealLab) -> Result<(), LabError> {
     let path = lab.dir.join("state.json");
     let text = serde_json::to_string_pretty(lab).map_err(|e| LabError::Command {
         command: "saving the lab state".into(),

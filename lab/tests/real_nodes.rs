@@ -67,6 +67,10 @@ fn main() -> std::process::ExitCode {
             cluster_network_policy,
         ),
         (
+            "policy_holds_through_pod_churn_daemon_restarts_and_an_api_outage",
+            policy_holds,
+        ),
+        (
             "daemon_runs_unprivileged_with_the_charts_security_context",
             daemon_security,
         ),
@@ -1234,6 +1238,240 @@ fn cluster_network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String
     })();
     delete_policies(lab);
     let _ = kubectl(lab, &["delete", "-f", "-", "--wait=true"], &docs);
+    result
+}
+
+// ---- 3e ----
+
+/// The e2e suite's agnhost image (imported on every node): OpenBSD netcat, dash.
+const AGNHOST: &str = "podnet.test/e2e-test-images/agnhost:2.63.0";
+
+/// A pod that probes `target`'s echo port from its first instant, about once a second,
+/// and logs `<unix seconds> OK` or `NO` per try.
+fn prober_pod(name: &str, ns: &str, node: &str, role: &str, target: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{pol: "{role}"}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: {AGNHOST}
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "while true; do if nc -z -w 1 {target} {ECHO_PORT} 2>/dev/null; then echo $(date +%s) OK; else echo $(date +%s) NO; fi; sleep 1; done"]
+---
+"#
+    )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Enforcement holds while everything around it moves: an isolated server, a client
+/// its policy allows and one it does not, both probing about once a second from their
+/// own logs; through 100 pods created and deleted, the daemons of the server's and the
+/// refused client's nodes restarted, and the API server stopped for 20 s, the allowed
+/// client never fails and the refused one never gets through.
+fn policy_holds(suite: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
+    let ns = "hold";
+    let httpd = format!("exec /bin/busybox httpd -f -p [::]:{ECHO_PORT} -h /www");
+    let (n1, n2, n3) = (
+        lab.nodes[0].name.clone(),
+        lab.nodes[1].name.clone(),
+        lab.nodes[2].name.clone(),
+    );
+    let mut docs = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n");
+    docs.push_str(&policy_pod("srv", ns, &n1, "srv", &httpd));
+    kubectl(lab, &["apply", "-f", "-"], &docs)?;
+    let cleanup = |lab: &RealLab| {
+        let _ = kubectl(
+            lab,
+            &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
+            "",
+        );
+    };
+    // The API server is stopped and started through a copy of the record, written
+    // back (and saved for `down`) afterwards.
+    let mut cp = lab.control_plane.clone();
+    let result = (|| -> anyhow::Result<String> {
+        let ready = |pod: &str| {
+            kubectl(
+                lab,
+                &[
+                    "wait",
+                    "-n",
+                    ns,
+                    "--for=condition=Ready",
+                    &format!("pod/{pod}"),
+                    "--timeout=120s",
+                ],
+                "",
+            )
+        };
+        ready("srv")?;
+        let srv = kubectl(
+            lab,
+            &[
+                "get",
+                "pod",
+                "-n",
+                ns,
+                "srv",
+                "-o",
+                "jsonpath={.status.podIPs[0].ip}",
+            ],
+            "",
+        )?;
+        let clients = format!(
+            "{}{}",
+            prober_pod("cli-ok", ns, &n2, "ok", &srv),
+            prober_pod("cli-no", ns, &n3, "no", &srv)
+        );
+        kubectl(lab, &["apply", "-f", "-"], &clients)?;
+        ready("cli-ok")?;
+        ready("cli-no")?;
+        kubectl(
+            lab,
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: srv-from-ok\n  namespace: {ns}\nspec:\n  podSelector: {{matchLabels: {{pol: srv}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pol: ok}}}}}}]\n"
+            ),
+        )?;
+        // (OK, NO) tries of a client's log within [from, to] (unix seconds).
+        let tries = |pod: &str, from: u64, to: u64| -> anyhow::Result<(usize, usize)> {
+            let log = kubectl(lab, &["logs", "-n", ns, pod], "")?;
+            let mut counts = (0, 0);
+            for line in log.lines() {
+                let mut w = line.split_whitespace();
+                let (Some(Ok(t)), Some(what)) = (w.next().map(str::parse::<u64>), w.next()) else {
+                    continue;
+                };
+                if t < from || t > to {
+                    continue;
+                }
+                match what {
+                    "OK" => counts.0 += 1,
+                    _ => counts.1 += 1,
+                }
+            }
+            Ok(counts)
+        };
+        let settled_from = unix_now() + 3;
+        wait("the policy enforced", Duration::from_secs(60), || {
+            let now = unix_now();
+            if now < settled_from + 3 {
+                return Ok(false);
+            }
+            Ok(tries("cli-ok", now - 3, now)?.1 == 0 && tries("cli-no", now - 3, now)?.0 == 0)
+        })?;
+        let mut report = Vec::new();
+        let mut check = |phase: &str, from: u64, to: u64| -> anyhow::Result<()> {
+            let ok = tries("cli-ok", from, to)?;
+            let no = tries("cli-no", from, to)?;
+            ensure!(
+                ok.1 == 0 && no.0 == 0 && ok.0 > 0 && no.1 > 0,
+                "{phase} ({} s): the allowed client had {} successes and {} failures, the refused one {} successes and {} failures",
+                to - from,
+                ok.0,
+                ok.1,
+                no.0,
+                no.1
+            );
+            report.push(format!(
+                "{phase}: {} allowed tries all through, {} refused tries all refused",
+                ok.0, no.1
+            ));
+            Ok(())
+        };
+        // 1. 100 pods created and deleted across the nodes.
+        let t0 = unix_now();
+        let churn = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: churn\n  namespace: {ns}\nspec:\n  replicas: 100\n  selector: {{matchLabels: {{app: churn}}}}\n  template:\n    metadata: {{labels: {{app: churn}}}}\n    spec:\n      terminationGracePeriodSeconds: 0\n      containers:\n      - {{name: c, image: localhost/podnet-lab/busybox:1, imagePullPolicy: Never, command: [/bin/busybox, sleep, \"3600\"]}}\n"
+        );
+        kubectl(lab, &["apply", "-f", "-"], &churn)?;
+        kubectl(
+            lab,
+            &[
+                "rollout",
+                "status",
+                "-n",
+                ns,
+                "deployment/churn",
+                "--timeout=300s",
+            ],
+            "",
+        )?;
+        kubectl(
+            lab,
+            &["delete", "deployment", "-n", ns, "churn", "--wait=true"],
+            "",
+        )?;
+        wait("the churn pods gone", Duration::from_secs(180), || {
+            Ok(kubectl(
+                lab,
+                &["get", "pods", "-n", ns, "-l", "app=churn", "-o", "name"],
+                "",
+            )?
+            .trim()
+            .is_empty())
+        })?;
+        let t1 = unix_now();
+        check("100 pods created and deleted", t0, t1)?;
+        // 2. The daemons of the server's and the refused client's nodes restarted.
+        for node in [&n1, &n3] {
+            kubectl(
+                lab,
+                &[
+                    "delete",
+                    "pod",
+                    "-n",
+                    "podnet-system",
+                    "-l",
+                    "app.kubernetes.io/component=daemon",
+                    "--field-selector",
+                    &format!("spec.nodeName={node}"),
+                    "--wait=true",
+                ],
+                "",
+            )?;
+        }
+        kubectl(
+            lab,
+            &[
+                "rollout",
+                "status",
+                "ds/podnet-daemon",
+                "-n",
+                "podnet-system",
+                "--timeout=120s",
+            ],
+            "",
+        )?;
+        std::thread::sleep(Duration::from_secs(3));
+        let t2 = unix_now();
+        check("two daemons restarted", t1 + 1, t2)?;
+        // 3. The API server away for 20 s.
+        cp.stop_apiserver();
+        let t3 = unix_now();
+        std::thread::sleep(Duration::from_secs(20));
+        let t4 = unix_now();
+        suite.rt.block_on(cp.start_apiserver())?;
+        std::thread::sleep(Duration::from_secs(2));
+        check("the API server stopped for 20 s", t3, t4)?;
+        check("the whole run", settled_from + 3, unix_now())?;
+        Ok(report.join("; "))
+    })();
+    lab.control_plane = cp;
+    real::save(lab)?;
+    cleanup(lab);
     result
 }
 
