@@ -198,7 +198,11 @@ pub fn run(lab: &RealLab, run: &Run) -> Result<Report, LabError> {
         .map_err(LabError::io("opening", log.clone()))?;
     let kubeconfig = lab.control_plane.kubeconfig.display().to_string();
     let started = Instant::now();
+    // --foreground: timeout stays in the caller's process group, so a Ctrl-C (or a
+    // signal to the group) reaches ginkgo too, which interrupts its test processes;
+    // without it, stopping podnet-lab left the suite running.
     let mut child = Command::new("timeout")
+        .arg("--foreground")
         .arg("--signal=INT")
         .arg("--kill-after=60")
         .arg(format!("{}", run.timeout.as_secs()))

@@ -142,17 +142,17 @@ impl DaemonMetrics {
         let r = registry.sub_registry_with_prefix("podnet_daemon");
         r.register(
             "policies",
-            "NetworkPolicies selecting at least one pod of this node",
+            "NetworkPolicies and ClusterNetworkPolicies selecting at least one pod of this node",
             m.policies.clone(),
         );
         r.register(
             "policy_isolated_pods",
-            "Pods of this node isolated by a NetworkPolicy (ingress or egress)",
+            "Pods of this node with policy chains: isolated by a NetworkPolicy or selected by a ClusterNetworkPolicy (ingress or egress)",
             m.isolated_pods.clone(),
         );
         r.register(
             "policy_problems",
-            "Parts of NetworkPolicies not enforced (they allow nothing; an event says why)",
+            "Parts of NetworkPolicies (they allow nothing) and ClusterNetworkPolicy rules (they fail closed) not enforced as written; an event says why",
             m.policy_problems.clone(),
         );
         r.register(
