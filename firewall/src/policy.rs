@@ -55,6 +55,24 @@ pub struct PolicyPlan {
     pub pods: Vec<PodChains>,
     /// The address sets rules refer to, by name.
     pub sets: BTreeMap<String, AddrSet>,
+    /// Log dropped packets to the kernel log, at most this many per second and drop
+    /// rule (a pod's final drop, an Admin or Baseline Deny), with the prefix
+    /// `podnet-drop <in|out> <namespace/pod>: `; 0: no logging (drops are still counted).
+    #[serde(default)]
+    pub log_drops: u32,
+}
+
+/// The statement that logs a drop, rate-limited (`None`: logging off).
+fn log_statement(rate: u32, ingress: bool, pod: &str) -> Option<String> {
+    if rate == 0 {
+        return None;
+    }
+    let dir = if ingress { "in" } else { "out" };
+    // The kernel keeps 127 bytes of prefix; pod names are DNS labels (no quotes).
+    let pod: String = pod.chars().take(100).collect();
+    Some(format!(
+        "limit rate {rate}/second burst {rate} packets log prefix \"podnet-drop {dir} {pod}: \" level info"
+    ))
 }
 
 /// A set of addresses, or of (address, protocol, port) for named ports.
@@ -389,7 +407,7 @@ fn structure(plan: &PolicyPlan) -> String {
     for pod in &plan.pods {
         for ingress in [false, true] {
             if pod.has_chain(ingress) {
-                pod_chains(&mut s, pod, ingress);
+                pod_chains(&mut s, pod, ingress, plan.log_drops);
             }
         }
     }
@@ -417,8 +435,9 @@ impl PodChains {
 /// NetworkPolicy rules then a drop (isolated pod) or the baseline rules (not isolated).
 /// With admin rules, those come first and the rest moves to `…-np`, which a Pass (and
 /// falling off the admin rules) goes to.
-fn pod_chains(s: &mut String, pod: &PodChains, ingress: bool) {
+fn pod_chains(s: &mut String, pod: &PodChains, ingress: bool, log_drops: u32) {
     let (np, tiers) = pod.direction(ingress);
+    let log = log_statement(log_drops, ingress, &pod.name);
     let chain = format!("pod-{}-{}", pod.key, if ingress { "in" } else { "out" });
     let rest = format!("{chain}-np");
     // Pass leaves the admin tier for NetworkPolicy; in the baseline tier, the last one,
@@ -430,6 +449,13 @@ fn pod_chains(s: &mut String, pod: &PodChains, ingress: bool) {
                 Action::Deny => "counter drop".to_string(),
                 Action::Pass => pass.to_string(),
             };
+            // A logged Deny: the same matches first with the log statement (which lets
+            // the packet go on), then with the drop.
+            if let (Action::Deny, Some(log)) = (r.action, &log) {
+                for line in rule_lines(&r.rule, ingress, log) {
+                    let _ = writeln!(s, "    {line}");
+                }
+            }
             for line in rule_lines(&r.rule, ingress, &verdict) {
                 let _ = writeln!(s, "    {line}");
             }
@@ -451,6 +477,9 @@ fn pod_chains(s: &mut String, pod: &PodChains, ingress: bool) {
                 for line in rule_lines(r, ingress, allow(ingress)) {
                     let _ = writeln!(s, "    {line}");
                 }
+            }
+            if let Some(log) = &log {
+                let _ = writeln!(s, "    {log}");
             }
             let _ = writeln!(
                 s,
@@ -743,6 +772,7 @@ mod tests {
                 ..Default::default()
             }],
             sets,
+            log_drops: 0,
         }
     }
 

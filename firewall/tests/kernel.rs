@@ -129,6 +129,7 @@ fn plan() -> PolicyPlan {
             ..Default::default()
         }],
         sets,
+        log_drops: 0,
     }
 }
 
@@ -340,6 +341,7 @@ fn admin_and_baseline_tiers_decide_around_network_policy_in_both_directions() {
         known: vec![ip("10.244.1.2"), ip("10.244.2.2")],
         pods: vec![a, b],
         sets: sets.clone(),
+        log_drops: 0,
     };
     let pod = |key: &str, name: &str, addr: &str| PodChains {
         key: key.into(),
@@ -546,5 +548,50 @@ fn admin_and_baseline_tiers_decide_around_network_policy_in_both_directions() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Logged drops: an Admin Deny and a pod's final drop, rate-limited, each naming the
+    // pod; still dropped. The node namespace is not the host's, and the kernel logs
+    // from other namespaces only with net.netfilter.nf_log_all_netns (set for the
+    // probe, then put back as it was).
+    // A name of this run only: the kernel log keeps earlier runs' lines.
+    let b_logged = PodChains {
+        name: format!("default/b{}", std::process::id()),
+        ..b.clone()
+    };
+    let mut logged = plan(
+        a.clone(),
+        with_in(
+            b_logged.clone(),
+            Some(vec![]),
+            vec![tier_rule(Deny, "s-a", "admin deny")],
+            vec![],
+        ),
+    );
+    logged.log_drops = 5;
+    policy::apply(&r, Some(&logged)).unwrap_or_else(|e| panic!("{e}"));
+    let observed = policy::observe(&r).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(policy::plan_change(observed.as_ref(), Some(&logged)), None);
+    let sysctl = "/proc/sys/net/netfilter/nf_log_all_netns";
+    let was = std::fs::read_to_string(sysctl).unwrap_or_else(|e| panic!("{sysctl}: {e}"));
+    std::fs::write(sysctl, "1").unwrap_or_else(|e| panic!("{sysctl}: {e}"));
+    let reached = lab.a_reaches_b();
+    let _ = std::fs::write(sysctl, was.trim());
+    assert!(!reached, "a logged Deny must still drop");
+    let kmsg = Command::new("dmesg")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| panic!("dmesg: {e}"));
+    let prefix = format!("podnet-drop in {}: ", b_logged.name);
+    assert!(
+        kmsg.lines()
+            .any(|l| l.contains(&prefix) && l.contains("SRC=10.244.1.2")),
+        "no {prefix:?} line in the kernel log"
+    );
+    let table = r
+        .run("nft", &["list", "table", "inet", "podnet-policy"], None)
+        .unwrap_or_default();
+    assert!(
+        table.contains("limit rate 5/second"),
+        "the log is not rate-limited:\n{table}"
+    );
     assert!(policy::apply(&r, None).unwrap_or_else(|e| panic!("{e}")));
 }

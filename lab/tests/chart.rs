@@ -299,6 +299,13 @@ async fn lint_and_template(_cp: Arc<ControlPlane>) -> anyhow::Result<()> {
             "{sets:?}: daemon may read {resources:?}"
         );
     }
+    for (sets, want) in [(&[][..], "0"), (&["daemon.policyLogDrops=20"][..], "20")] {
+        let (args, _) = policy_view(sets)?;
+        ensure!(
+            args.contains(&format!("--policy-log-drops={want}")),
+            "{sets:?}: daemon args {args:?}"
+        );
+    }
     let docs = render(&["podNetwork.create=false", "operator.replicas=1"])?;
     ensure!(docs.iter().all(|d| d["kind"] != "PodNetwork"));
     ensure!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
@@ -314,6 +321,7 @@ async fn lint_and_template(_cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         ("daemon.metricsPort=70000", "metricsPort"),
         ("unknownKey=1", "unknownKey"),
         ("operator.renewDeadline=20", "renewDeadline"),
+        ("daemon.policyLogDrops=-1", "policyLogDrops"),
     ] {
         match render(&[set]) {
             Ok(_) => bail!("helm template accepted --set {set}"),

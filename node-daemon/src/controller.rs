@@ -76,6 +76,9 @@ pub struct DaemonConfig {
     /// With network policy on, also enforce the cluster-admin tiers
     /// (ClusterNetworkPolicy, policy.networking.k8s.io: its CRD must be installed).
     pub cluster_network_policy: bool,
+    /// Log dropped packets (kernel log, prefix `podnet-drop`), at most this many per
+    /// second and drop rule; 0: off.
+    pub policy_log_drops: u32,
 }
 
 /// Label of the per-rule metrics.
@@ -772,7 +775,7 @@ impl Daemon {
             .flat_map(|c| c.state())
             .map(|p| (*p).clone())
             .collect();
-        let c = policy::compile(
+        let mut c = policy::compile(
             &self.config.node_name,
             &desired.own_cidrs,
             &pods,
@@ -780,6 +783,7 @@ impl Daemon {
             &policies,
             &cluster,
         );
+        c.plan.log_drops = self.config.policy_log_drops;
         self.metrics
             .policies
             .set(i64::try_from(c.policies).unwrap_or(i64::MAX));

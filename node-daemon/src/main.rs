@@ -107,6 +107,11 @@ struct RunArgs {
     /// ships it).
     #[arg(long, env = "PODNET_CLUSTER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
     cluster_network_policy: bool,
+    /// Log packets network policy drops to the kernel log (prefix `podnet-drop <in|out>
+    /// <namespace/pod>: `), at most this many per second and drop rule; 0 logs nothing
+    /// (drops are counted either way).
+    #[arg(long, env = "PODNET_POLICY_LOG_DROPS", default_value_t = 0)]
+    policy_log_drops: u32,
 }
 
 #[derive(Args)]
@@ -253,6 +258,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         firewall: args.firewall,
         network_policy: args.network_policy,
         cluster_network_policy: args.cluster_network_policy,
+        policy_log_drops: args.policy_log_drops,
     };
     let clients = ApiClients::infer()
         .await
