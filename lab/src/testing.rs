@@ -56,19 +56,33 @@ pub fn install_crds(cp: &ControlPlane) -> Result<(), LabError> {
             .map(|s| s.to_string())
             .chain([dir.display().to_string()]),
     )?;
-    kubectl_ok(
-        cp,
-        [
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/podnetworks.podnet.dev",
-            "crd/noderoutes.podnet.dev",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    )?;
-    Ok(())
+    // Polled rather than `kubectl wait --for=condition=Established`, which fails at once
+    // ("status.conditions accessor error") when it reads a CRD before the API server has
+    // written any condition — seen in CI right after a large CRD was applied.
+    let get = [
+        "get".to_string(),
+        "-f".to_string(),
+        dir.display().to_string(),
+        "-o".to_string(),
+        r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status}{"\n"}{end}"#.to_string(),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let last = kubectl_ok(cp, get.iter().cloned());
+        if let Ok(out) = &last
+            && !out.trim().is_empty()
+            && out.lines().all(|l| l.ends_with("=True"))
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(LabError::Command {
+                command: "kubectl get -f charts/podnet/crds (waiting for Established)".into(),
+                stderr: format!("not every CRD established after 60 s: {last:?}"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn kubectl_ok(
