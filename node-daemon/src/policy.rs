@@ -759,6 +759,12 @@ fn cluster_peer(
     })
 }
 
+/// A pod's rule list for one direction (ingress: the pair's first) and tier.
+fn tier_of(pod: &mut (Tiers, Tiers), ingress: bool, admin: bool) -> &mut Vec<TierRule> {
+    let t = if ingress { &mut pod.0 } else { &mut pod.1 };
+    if admin { &mut t.admin } else { &mut t.baseline }
+}
+
 /// The cluster-admin tiers (ClusterNetworkPolicy) of each pod of `local`, in the
 /// order the API evaluates them: by priority (then name: same-priority order is left
 /// to the implementation), then rule order. Also returns how many policies select a
@@ -859,23 +865,23 @@ fn cluster_tiers(
                             },
                         };
                         for &idx in &subjects {
-                            let t = if ingress {
-                                &mut out[idx].0
-                            } else {
-                                &mut out[idx].1
-                            };
-                            if admin {
-                                t.admin.push(deny_all.clone())
-                            } else {
-                                t.baseline.push(deny_all.clone())
-                            }
+                            tier_of(&mut out[idx], ingress, admin).push(deny_all.clone());
                         }
                     }
                     continue;
                 }
+                // Egress named ports resolve against the peer pods: the same sets for
+                // every subject, built once.
+                let egress_named: Vec<Option<Ports>> = targets
+                    .iter()
+                    .map(|(_, ips, key)| {
+                        (!ingress && !named.is_empty() && !ips.is_empty())
+                            .then(|| ctx.named_ports(key, ips, &named))
+                    })
+                    .collect();
                 for &idx in &subjects {
                     let mut compiled = Vec::new();
-                    for (peer, ips, key) in &targets {
+                    for ((peer, _, _), egress_ports) in targets.iter().zip(&egress_named) {
                         if protocols.is_empty() || !numbered.is_empty() {
                             let ports = if protocols.is_empty() {
                                 Ports::Any
@@ -906,22 +912,16 @@ fn cluster_tiers(
                                     ports: Ports::List(mine),
                                 });
                             }
-                        } else if !ips.is_empty() {
-                            let ports = ctx.named_ports(key, ips, &named);
+                        } else if let Some(ports) = egress_ports {
                             compiled.push(Rule {
                                 comment: comment.clone(),
                                 peer: Peer::Any,
-                                ports,
+                                ports: ports.clone(),
                             });
                         }
                     }
-                    let t = if ingress {
-                        &mut out[idx].0
-                    } else {
-                        &mut out[idx].1
-                    };
-                    let tier = if admin { &mut t.admin } else { &mut t.baseline };
-                    tier.extend(compiled.into_iter().map(|rule| TierRule { action, rule }));
+                    tier_of(&mut out[idx], ingress, admin)
+                        .extend(compiled.into_iter().map(|rule| TierRule { action, rule }));
                 }
             }
         }
