@@ -76,11 +76,14 @@ names=$(KUBE_TEST_REPO_LIST=lab/e2e/repo-list.yaml "$tools_bin/e2e.test" --list-
   || die "e2e.test --list-images failed"
 pick() { grep -E "^podnet\.test/$1:" <<<"$names" | sort || die "e2e.test names no image podnet.test/$1"; }
 mapfile -t agnhost_names < <(pick e2e-test-images/agnhost)
+# The network-policy-api conformance suite's base workload names agnhost by its upstream
+# name (scripts/build-tools.sh checks that its manifests name only this one).
+agnhost_names+=("registry.k8s.io/e2e-test-images/agnhost:2.45")
 mapfile -t busybox_names < <(pick e2e-test-images/busybox)
 mapfile -t dns_names < <(pick e2e-test-images/glibc-dns-testing)
 mapfile -t pause_names < <(pick pause)
 all_names=("${agnhost_names[@]}" "${busybox_names[@]}" "${dns_names[@]}" "${pause_names[@]}")
-e2e_stamp=$(stamp_of "$tools_bin/agnhost" "$tools_bin/coredns" "$tools_bin/agnhost-files/localhost.crt" /bin/busybox /usr/bin/curl /bin/nc.openbsd /bin/dash /usr/bin/dig /usr/bin/getent \
+e2e_stamp=$(stamp_of "$tools_bin/agnhost" "$tools_bin/coredns" "$tools_bin/agnhost-files/localhost.crt" /bin/busybox /usr/bin/curl /bin/nc.openbsd /bin/dash /usr/bin/dig /usr/bin/getent /bin/bash \
   images/lab/agnhost.Containerfile images/lab/e2e-busybox.Containerfile images/lab/e2e-dns.Containerfile \
   images/lab/pause.c lab/e2e/repo-list.yaml scripts/build-lab-images.sh)
 e2e_stamp="$e2e_stamp ${all_names[*]}"
@@ -123,8 +126,9 @@ archive="$out/lab-e2e.tar"
 if ! [ -f "$archive" ] || [ "$(cat "$archive.stamp" 2>/dev/null)" != "$e2e_stamp" ]; then
   # agnhost: agnhost, and the tools the framework execs in it (curl, OpenBSD netcat, and
   # dig and getent: the DNS tests probe from agnhost as well as from glibc-dns-testing).
+  # bash: the network-policy-api conformance suite starts its servers with /bin/bash -c.
   e2e_rootfs "$ctx/agnhost/rootfs" /usr/bin/curl=/usr/bin/curl /bin/nc.openbsd=/usr/bin/nc \
-    /usr/bin/dig=/usr/bin/dig /usr/bin/getent=/usr/bin/getent
+    /usr/bin/dig=/usr/bin/dig /usr/bin/getent=/usr/bin/getent /bin/bash=/bin/bash
   cp "$tools_bin/agnhost" "$ctx/agnhost/rootfs/agnhost"
   # As upstream's image: porter's TLS pair at / and CoreDNS as /coredns (the DNS test of a
   # pod's own resolv.conf runs it as a pod's name server).
@@ -148,7 +152,7 @@ if ! [ -f "$archive" ] || [ "$(cat "$archive.stamp" 2>/dev/null)" != "$e2e_stamp
   for n in "${dns_names[@]:1}"; do buildah tag "${dns_names[0]}" "$n"; done
   for n in "${pause_names[@]:1}"; do buildah tag "${pause_names[0]}" "$n"; done
   runs_in "${agnhost_names[0]}" "/usr/bin/curl --version" "/usr/bin/nc -h" "/agnhost --help" "/bin/sh -c true" \
-    "/usr/bin/dig -v" "/usr/bin/getent hosts localhost" "/coredns -version" "test -s /localhost.key"
+    "/usr/bin/dig -v" "/usr/bin/getent hosts localhost" "/coredns -version" "test -s /localhost.key" "/bin/bash -c true"
   runs_in "${dns_names[0]}" "/usr/bin/dig -v" "/usr/bin/getent hosts localhost" "/bin/sh -c true"
   rm -f "$archive"
   podman save --quiet --multi-image-archive --format docker-archive -o "$archive" "${all_names[@]}"

@@ -5,6 +5,7 @@
 # repository keyed by version. A second run finds the stamped binaries and returns at once.
 #
 #   scripts/build-tools.sh            # build what is missing, print the bin dir
+#   scripts/build-tools.sh npapi-conformance   # also the network-policy-api suite
 #
 # Environment: PODNET_TOOLS_CACHE (default /var/cache/podnet-tools), GOPROXY (default the
 # public proxy, never "direct"). A build interrupted half-way leaves no stamped directory, so
@@ -17,6 +18,7 @@ CNI_VERSION="${CNI_VERSION:-v1.3.0}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.2.9}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+NPAPI_VERSION="${NPAPI_VERSION:-v0.3.0}"
 CACHE="${PODNET_TOOLS_CACHE:-/var/cache/podnet-tools}"
 
 die() { echo "build-tools: $*" >&2; exit 1; }
@@ -167,6 +169,61 @@ fetch_agnhost_files() {
   finish "$work/pub" "$dest"
 }
 
+# The network-policy-api conformance suite (sigs.k8s.io/network-policy-api/conformance at
+# $NPAPI_VERSION) as one test binary: podnet's runner (lab/npapi-conformance) with the
+# suite's manifests copied in, the base workload without its SCTP servers (agnhost porter
+# exits on a kernel without SCTP, and every base pod runs two). Only on request
+# (`scripts/build-tools.sh npapi-conformance`): scripts/policy-conformance asks for it.
+build_npapi_conformance() {
+  local dest="$CACHE/npapi-conformance-$NPAPI_VERSION"
+  stamped "$dest" && return 0
+  step "building the network-policy-api conformance suite $NPAPI_VERSION (cold: ~4 min)"
+  local work; work=$(mktemp -d "$CACHE/.npapi-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  local repo; repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  mkdir -p "$work/mod" "$work/pub"
+  cat > "$work/mod/go.mod" <<MOD
+module podnet.dev/tools/npapi-conformance
+
+go 1.26.0
+
+require sigs.k8s.io/network-policy-api $NPAPI_VERSION
+MOD
+  cp "$repo/lab/npapi-conformance/conformance_test.go" "$work/mod/"
+  local dir
+  dir=$(cd "$work/mod" && GOFLAGS= go mod download -json "sigs.k8s.io/network-policy-api@$NPAPI_VERSION" \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || die "go mod download sigs.k8s.io/network-policy-api@$NPAPI_VERSION failed"
+  [ -f "$dir/conformance/base/manifests.yaml" ] || die "sigs.k8s.io/network-policy-api@$NPAPI_VERSION has no conformance/base/manifests.yaml"
+  cp -r "$dir/conformance/base" "$work/mod/"
+  chmod -R u+w "$work/mod/base"
+  # Drop each container (a "        - name:" item) whose block runs agnhost porter.
+  awk '
+    function flush() { if (block != "" && block !~ /agnhost porter/) printf "%s", block; block = "" }
+    /^        - name: / { flush(); block = $0 "\n"; next }
+    block != "" && /^          / { block = block $0 "\n"; next }
+    { flush(); print }
+    END { flush() }
+  ' "$dir/conformance/base/manifests.yaml" > "$work/mod/base/manifests.yaml"
+  local before after
+  before=$(grep -c '^        - name: ' "$dir/conformance/base/manifests.yaml")
+  after=$(grep -c '^        - name: ' "$work/mod/base/manifests.yaml")
+  if grep -q -e 'porter' -e 'SCTP' "$work/mod/base/manifests.yaml" || [ $((before - after)) -ne 10 ]; then
+    die "removing the SCTP servers from the base manifests of network-policy-api $NPAPI_VERSION went wrong ($before containers before, $after after); check the awk filter against the new layout"
+  fi
+  local images
+  images=$(grep -rhoE 'image: *[^ ]+' "$work/mod/base" | sed 's/image: *//' | sort -u)
+  [ "$images" = "registry.k8s.io/e2e-test-images/agnhost:2.45" ] \
+    || die "network-policy-api $NPAPI_VERSION's manifests name images the lab does not carry: $images (scripts/build-lab-images.sh tags agnhost as registry.k8s.io/e2e-test-images/agnhost:2.45)"
+  (
+    cd "$work/mod"
+    go mod tidy >"$work/tidy.log" 2>&1 || { tail -30 "$work/tidy.log" >&2; die "go mod tidy failed for the conformance runner"; }
+    go test -c -ldflags "-s -w" -o "$work/pub/npapi-conformance.test" .
+  ) || die "building the network-policy-api conformance suite $NPAPI_VERSION failed (see output above)"
+  "$work/pub/npapi-conformance.test" -test.list 'TestConformance' | grep -qx TestConformance \
+    || die "built npapi-conformance.test does not list TestConformance"
+  finish "$work/pub" "$dest"
+}
+
 # containerd 2.x for the real-node lab (kubelet 1.36 needs CRI from containerd >= 2): the
 # daemon, its runc shim and ctr, without the storage drivers that need cgo.
 build_containerd() {
@@ -269,4 +326,12 @@ for c in e2e.test ginkgo agnhost; do
   ln -sfn "$CACHE/e2e-$K8S_VERSION/$c" "$bin/$c"
 done
 ln -sfn "$CACHE/agnhost-files-$K8S_VERSION" "$bin/agnhost-files"
+for extra in "$@"; do
+  case "$extra" in
+    npapi-conformance)
+      build_npapi_conformance
+      ln -sfn "$CACHE/npapi-conformance-$NPAPI_VERSION/npapi-conformance.test" "$bin/npapi-conformance.test" ;;
+    *) die "unknown extra tool '$extra' (known: npapi-conformance)" ;;
+  esac
+done
 echo "$bin"

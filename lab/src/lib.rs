@@ -13,6 +13,8 @@ pub(crate) mod controlplane;
 mod error;
 pub mod invariants;
 pub mod kube_node;
+pub mod objects;
+pub mod policy_conformance;
 pub mod probes;
 pub mod real;
 mod runtime_dir;

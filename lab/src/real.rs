@@ -47,6 +47,10 @@ pub const ECHO_PORT: u16 = 8080;
 /// The cgroup under which the lab's nodes live (one per lab tag).
 /// The cgroup every real-node lab lives under (`<hierarchy>/podnet-lab/<tag>/<node>`).
 pub const CGROUP_ROOT: &str = "podnet-lab";
+
+/// The e2e suite's agnhost image as the lab imports it on every node (OpenBSD netcat,
+/// dash, bash; scripts/build-lab-images.sh).
+pub const AGNHOST_IMAGE: &str = "podnet.test/e2e-test-images/agnhost:2.63.0";
 /// Host sysctls kubelet rewrites when `protectKernelDefaults` is off: recorded at `up`,
 /// restored at `down`.
 const KUBELET_SYSCTLS: [&str; 3] = [
@@ -1123,6 +1127,109 @@ pub fn down(lab: &RealLab) {
     }
     let _ = std::fs::remove_dir_all(&lab.dir);
     unregister(&lab.tag);
+}
+
+/// Resource use of one container, from its cgroups (v1: memory and cpuacct).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// `memory.usage_in_bytes`, MiB.
+    pub memory_mib: f64,
+    /// `total_rss` of `memory.stat`, MiB.
+    pub rss_mib: f64,
+    /// `cpuacct.usage`: CPU time used since the container started, seconds.
+    pub cpu_seconds: f64,
+}
+
+/// The first container's ID of every pod in `namespace`, by pod name (pods without a
+/// started container are left out).
+pub fn container_ids(lab: &RealLab, namespace: &str) -> BTreeMap<String, String> {
+    let Ok(text) = kubectl(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].containerID}{\"\\n\"}{end}",
+        ],
+        "",
+    ) else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (pod, cid) = line.split_once(' ')?;
+            let id = cid.rsplit("://").next()?.trim();
+            (!id.is_empty()).then(|| (pod.to_string(), id.to_string()))
+        })
+        .collect()
+}
+
+/// A container's cgroup directory under `controller` (`memory`, `cpuacct`): the
+/// directory named after its ID below the lab's cgroup.
+pub fn container_cgroup(lab: &RealLab, controller: &str, id: &str) -> Option<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(CGROUP_ROOT)
+        .join(&lab.tag);
+    find_dir(&root, id, 8)
+}
+
+fn find_dir(root: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    if depth == 0 {
+        return None;
+    }
+    for e in std::fs::read_dir(root).ok()?.flatten() {
+        let p = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        if e.file_name().to_string_lossy().contains(name) {
+            return Some(p);
+        }
+        if let Some(found) = find_dir(&p, name, depth - 1) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// Memory and CPU time of the container `id`.
+pub fn container_usage(lab: &RealLab, id: &str) -> Option<Usage> {
+    let mem = container_cgroup(lab, "memory", id)?;
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    let usage: f64 = read(&mem, "memory.usage_in_bytes").trim().parse().ok()?;
+    let rss: f64 = read(&mem, "memory.stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("total_rss ")?.trim().parse().ok())
+        .unwrap_or(0.0);
+    let cpu_ns: f64 = container_cgroup(lab, "cpuacct", id)
+        .map(|d| read(&d, "cpuacct.usage"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0.0);
+    Some(Usage {
+        memory_mib: usage / 1048576.0,
+        rss_mib: rss / 1048576.0,
+        cpu_seconds: cpu_ns / 1e9,
+    })
+}
+
+/// Every podnet container's use (namespace podnet-system), by pod name.
+pub fn podnet_usage(lab: &RealLab) -> BTreeMap<String, Usage> {
+    container_ids(lab, crate::chart::NAMESPACE)
+        .into_iter()
+        .filter_map(|(pod, id)| Some((pod, container_usage(lab, &id)?)))
+        .collect()
+}
+
+/// The network namespace of the container `id`: `/proc/<pid>/ns/net` of the first
+/// process in its cgroup.
+pub fn container_netns(lab: &RealLab, id: &str) -> Option<PathBuf> {
+    let dir = container_cgroup(lab, "memory", id)?;
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let pid: u32 = procs.lines().next()?.trim().parse().ok()?;
+    Some(PathBuf::from(format!("/proc/{pid}/ns/net")))
 }
 
 #[cfg(test)]

@@ -1242,8 +1242,7 @@ fn cluster_network_policy(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String
 
 // ---- 3e ----
 
-/// The e2e suite's agnhost image (imported on every node): OpenBSD netcat, dash.
-const AGNHOST: &str = "podnet.test/e2e-test-images/agnhost:2.63.0";
+const AGNHOST: &str = podnet_lab::real::AGNHOST_IMAGE;
 
 /// A pod that probes `target`'s echo port from its first instant, about once a second,
 /// and logs `<unix seconds> OK` or `NO` per try.

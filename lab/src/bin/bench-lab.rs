@@ -72,61 +72,10 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 /// (cgroup memory usage, rss) in MiB of every podnet container, by pod name.
 fn podnet_memory(lab: &RealLab) -> BTreeMap<String, (f64, f64)> {
-    let mut out = BTreeMap::new();
-    let Ok(text) = kubectl(
-        lab,
-        &[
-            "get",
-            "pods",
-            "-n",
-            "podnet-system",
-            "-o",
-            "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].containerID}{\"\\n\"}{end}",
-        ],
-        "",
-    ) else {
-        return out;
-    };
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(pod), Some(cid)) = (it.next(), it.next()) else {
-            continue;
-        };
-        let id = cid.rsplit("://").next().unwrap_or_default();
-        // The container's memory cgroup: a directory named after its ID under the lab.
-        let root = PathBuf::from("/sys/fs/cgroup/memory")
-            .join(real::CGROUP_ROOT)
-            .join(&lab.tag);
-        if let Some(dir) = find_dir(&root, id, 8) {
-            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-            let usage: f64 = read("memory.usage_in_bytes").trim().parse().unwrap_or(0.0);
-            let rss: f64 = read("memory.stat")
-                .lines()
-                .find_map(|l| l.strip_prefix("total_rss ")?.trim().parse().ok())
-                .unwrap_or(0.0);
-            out.insert(pod.to_string(), (usage / 1048576.0, rss / 1048576.0));
-        }
-    }
-    out
-}
-
-fn find_dir(root: &std::path::Path, name: &str, depth: usize) -> Option<PathBuf> {
-    if depth == 0 {
-        return None;
-    }
-    for e in std::fs::read_dir(root).ok()?.flatten() {
-        let p = e.path();
-        if !p.is_dir() {
-            continue;
-        }
-        if e.file_name().to_string_lossy().contains(name) {
-            return Some(p);
-        }
-        if let Some(found) = find_dir(&p, name, depth - 1) {
-            return Some(found);
-        }
-    }
-    None
+    real::podnet_usage(lab)
+        .into_iter()
+        .map(|(pod, u)| (pod, (u.memory_mib, u.rss_mib)))
+        .collect()
 }
 
 /// Times seen by the watch: pod name → (first seen, Ready) in uptime seconds.

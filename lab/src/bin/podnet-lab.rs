@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use podnet_lab::Tools;
 use podnet_lab::cluster::{self, DEFAULT_STATE_DIR, LabState};
-use podnet_lab::conformance;
 use podnet_lab::kube_node::ProxyMode;
 use podnet_lab::real::{self, RealLab, RealOptions};
+use podnet_lab::{conformance, policy_conformance};
 
 /// A local podnet cluster on this machine, in network namespaces: nothing leaves it.
 #[derive(Parser)]
@@ -68,6 +68,22 @@ enum Cmd {
         report_dir: PathBuf,
         /// Time limit of the whole run, in minutes.
         #[arg(long, default_value_t = 90)]
+        timeout_minutes: u64,
+    },
+    /// Runs the network-policy-api conformance suite (ClusterNetworkPolicy) against the
+    /// running real-node lab, writes its events and a markdown summary, and fails if
+    /// any check failed for a reason other than this kernel's missing SCTP, or none
+    /// passed.
+    PolicyConformance {
+        /// Only the tests matching this `-test.run` pattern
+        /// (`TestConformance/CNPAdminTierIngressTCP`).
+        #[arg(long)]
+        run: Option<String>,
+        /// Where events.json, stderr.log and summary.md go.
+        #[arg(long, default_value = "target/policy-conformance")]
+        report_dir: PathBuf,
+        /// Time limit of the whole run, in minutes.
+        #[arg(long, default_value_t = 60)]
         timeout_minutes: u64,
     },
     /// Stops every process and removes every namespace, link, cgroup, mount and file
@@ -271,6 +287,31 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             );
             let (passed, failed, _) = report.counts();
             Ok(failed == 0 && passed > 0 && report.exit_ok)
+        }
+        Cmd::PolicyConformance {
+            run,
+            report_dir,
+            timeout_minutes,
+        } => {
+            let Some(Running::Real(lab)) = running(&cli.state_dir) else {
+                bail!("no real-node lab is running (podnet-lab up starts one)");
+            };
+            let run = policy_conformance::Run {
+                report_dir,
+                timeout: Duration::from_secs(timeout_minutes * 60),
+                run,
+            };
+            eprintln!(
+                "==> network-policy-api conformance (events in {})",
+                run.report_dir.join("events.json").display()
+            );
+            let report = policy_conformance::run(&lab, &run)?;
+            let path = run.report_dir.join("summary.md");
+            std::fs::write(&path, policy_conformance::summary_markdown(&report))
+                .with_context(|| format!("writing {}", path.display()))?;
+            print!("{}", report.table());
+            println!("\n{}\nsummary: {}", report.summary(), path.display());
+            Ok(report.ok())
         }
         Cmd::Down => {
             match running(&cli.state_dir) {

@@ -40,6 +40,9 @@ struct Suite {
     rt: tokio::runtime::Runtime,
     state: Mutex<Option<LabState>>,
     rows: Mutex<Vec<String>>,
+    /// `(scenario, error)` of each failed scenario, repeated last in the output: CI
+    /// keeps only the tail of a long log.
+    failures: Mutex<Vec<(String, String)>>,
 }
 
 type Scenario = for<'a> fn(
@@ -149,6 +152,7 @@ fn main() -> std::process::ExitCode {
         rt,
         state: Mutex::new(None),
         rows: Mutex::new(Vec::new()),
+        failures: Mutex::new(Vec::new()),
     });
     let trials = scenarios
         .into_iter()
@@ -169,6 +173,10 @@ fn main() -> std::process::ExitCode {
         for r in rows {
             println!("{r}");
         }
+    }
+    let failures = suite.failures.lock().map(|f| f.clone()).unwrap_or_default();
+    for (name, error) in failures {
+        println!("\nFAILED {name}: {error}");
     }
     conclusion.exit_code()
 }
@@ -209,8 +217,11 @@ fn run_scenario(suite: &Suite, name: &str, what: &str, f: Scenario) -> Result<()
         ),
     };
     eprintln!("{row}");
-    if outcome.is_err() {
+    if let Err(e) = &outcome {
         eprintln!("{}", cluster::log_tails(state, 40));
+        if let Ok(mut failures) = suite.failures.lock() {
+            failures.push((name.to_string(), format!("{e:#}")));
+        }
     }
     if let Ok(mut rows) = suite.rows.lock() {
         rows.push(row);

@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use podnet_crds::NodeRoute;
 use podnet_lab::cluster::{self, LAB_LABEL, LabState};
 use podnet_lab::invariants::admin_client;
 use podnet_lab::{chart, run_ok};
 
+pub use podnet_lab::objects::{create_nodes, delete_nodes};
 pub use podnet_lab::wait_until;
 
 /// What a scenario found, fact by fact, in the order it found them; the harness turns
@@ -67,58 +66,6 @@ impl std::fmt::Display for Outcome {
             .collect();
         f.write_str(&facts.join("; "))
     }
-}
-
-/// Creates Nodes `names` (16 at a time) with `labels`; `ips(i)` gives node i's addresses.
-pub async fn create_nodes(
-    client: &Client,
-    names: &[String],
-    labels: &BTreeMap<String, String>,
-    ips: impl Fn(usize) -> Vec<String>,
-) -> anyhow::Result<()> {
-    let api: Api<Node> = Api::all(client.clone());
-    futures::stream::iter(names.iter().cloned().enumerate())
-        .map(|(i, name)| {
-            let api = api.clone();
-            let addrs = ips(i);
-            let node: Node = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "labels": labels},
-            }))
-            .unwrap_or_default();
-            async move {
-                api.create(&PostParams::default(), &node).await?;
-                if !addrs.is_empty() {
-                    let st = serde_json::json!({"status": {"addresses":
-                        addrs.iter().map(|a| serde_json::json!({"type": "InternalIP", "address": a})).collect::<Vec<_>>()}});
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
-                        .await?;
-                }
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-pub async fn delete_nodes(client: &Client, names: &[String]) -> anyhow::Result<()> {
-    let api: Api<Node> = Api::all(client.clone());
-    futures::stream::iter(names.iter().cloned())
-        .map(|name| {
-            let api = api.clone();
-            async move {
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(anyhow::Error::from(e)),
-                }
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
 }
 
 pub async fn allocated(client: &Client, prefix: &str) -> anyhow::Result<Vec<NodeRoute>> {
