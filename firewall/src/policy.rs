@@ -337,12 +337,7 @@ fn rule_lines(rule: &Rule, ingress: bool, verdict: &str) -> Vec<String> {
         match &rule.ports {
             Ports::Any => out.push(format!("{a}{verdict} {comment}")),
             Ports::List(list) => {
-                for (proto, range) in list {
-                    let p = match range {
-                        None => format!("meta l4proto {}", proto.as_str()),
-                        Some((lo, hi)) if lo == hi => format!("{} dport {lo}", proto.as_str()),
-                        Some((lo, hi)) => format!("{} dport {lo}-{hi}", proto.as_str()),
-                    };
+                for p in port_matches(list) {
                     out.push(format!("{a}{p} {verdict} {comment}"));
                 }
             }
@@ -358,6 +353,53 @@ fn rule_lines(rule: &Rule, ingress: bool, verdict: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A rule's numbered ports as one match per protocol, in first-seen order: all ports
+/// (`meta l4proto`), one port or range, or an anonymous set of them — overlapping and
+/// adjacent ranges merged, as nftables refuses overlapping intervals.
+fn port_matches(list: &[(Protocol, Option<(u16, u16)>)]) -> Vec<String> {
+    let mut protos: Vec<Protocol> = Vec::new();
+    for (proto, _) in list {
+        if !protos.contains(proto) {
+            protos.push(*proto);
+        }
+    }
+    protos
+        .into_iter()
+        .map(|proto| {
+            let name = proto.as_str();
+            let mut ranges = Vec::new();
+            for (p, range) in list.iter().filter(|(p, _)| *p == proto) {
+                match range {
+                    None => return format!("meta l4proto {}", p.as_str()),
+                    Some(r) => ranges.push(*r),
+                }
+            }
+            ranges.sort();
+            let mut merged: Vec<(u16, u16)> = Vec::new();
+            for (lo, hi) in ranges {
+                match merged.last_mut() {
+                    Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+                    _ => merged.push((lo, hi)),
+                }
+            }
+            let one = |(lo, hi): (u16, u16)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            };
+            match merged.as_slice() {
+                [r] => format!("{name} dport {}", one(*r)),
+                _ => {
+                    let items: Vec<String> = merged.into_iter().map(one).collect();
+                    format!("{name} dport {{ {} }}", items.join(", "))
+                }
+            }
+        })
+        .collect()
 }
 
 /// The table's structure: everything but set elements (they are filled separately).
@@ -701,6 +743,27 @@ pub fn drops(runner: &Runner) -> Result<BTreeMap<String, u64>, FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_one_match_per_protocol_with_ranges_merged() {
+        let list = vec![
+            (Protocol::Tcp, Some((9000, 9100))),
+            (Protocol::Udp, Some((53, 53))),
+            (Protocol::Tcp, Some((8080, 8080))),
+            (Protocol::Tcp, Some((9050, 9200))),
+            (Protocol::Tcp, Some((9201, 9201))),
+            (Protocol::Sctp, None),
+            (Protocol::Sctp, Some((1, 1))),
+        ];
+        assert_eq!(
+            port_matches(&list),
+            vec![
+                "tcp dport { 8080, 9000-9201 }".to_string(),
+                "udp dport 53".to_string(),
+                "meta l4proto sctp".to_string(),
+            ]
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))

@@ -361,6 +361,15 @@ struct Report {
     problems: Vec<Problem>,
 }
 
+/// Runs blocking work in place on a multi-thread runtime (its tasks move to the other
+/// workers meanwhile), or directly on any other (tests' single-thread runtimes).
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl Daemon {
     /// Starts the watches.
     pub fn new(
@@ -516,77 +525,86 @@ impl Daemon {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
-            let started = Instant::now();
-            let desired = desired_state(
-                &self.config.node_name,
-                &self.noderoutes.state(),
-                &self.networks.state(),
-                applied.as_ref(),
-            );
-            if periodic {
-                periodic_passes += 1;
-                // An automatic firewall choice follows the node (kube-proxy started after
-                // podnet, or changed modes): looked at again at every check for the first
-                // thirty, then at every tenth.
-                if periodic_passes <= 30 || periodic_passes.is_multiple_of(10) {
-                    self.reconsider_firewall();
+            // The pass is synchronous (netlink, nft and iptables runs, the policy
+            // compile): it runs off the runtime's other worker, so /healthz, the
+            // watches and the status writer keep answering however long it takes — a
+            // pass over 1,000 pods and 500 policies starved them once, and kubelet's
+            // liveness probe killed every daemon.
+            off_runtime(|| {
+                let started = Instant::now();
+                let desired = desired_state(
+                    &self.config.node_name,
+                    &self.noderoutes.state(),
+                    &self.networks.state(),
+                    applied.as_ref(),
+                );
+                if periodic {
+                    periodic_passes += 1;
+                    // An automatic firewall choice follows the node (kube-proxy started after
+                    // podnet, or changed modes): looked at again at every check for the first
+                    // thirty, then at every tenth.
+                    if periodic_passes <= 30 || periodic_passes.is_multiple_of(10) {
+                        self.reconsider_firewall();
+                    }
                 }
-            }
-            let compiled = self.compile_policy(&desired);
-            let policy_plan = compiled.as_ref().map(|c| c.plan.clone());
-            if periodic
-                || applied.as_ref() != Some(&desired)
-                || policy_applied.as_ref() != Some(&policy_plan)
-            {
-                let nl = match netlink.take() {
-                    Some(nl) => Ok(nl),
-                    None => self.netlink(),
-                };
-                match nl {
-                    Ok(mut nl) => {
-                        let mut report = self.sync(&mut nl, &desired);
-                        // The table waits for the node's own CIDRs: a pod address is
-                        // known from them.
-                        let policy_due = policy_plan.is_some() || policy_applied != Some(None);
-                        if policy_due && (!desired.own_cidrs.is_empty() || policy_plan.is_none()) {
-                            match self.apply_policy(policy_plan.as_ref(), periodic, started) {
-                                Ok(written) => {
-                                    report.policy_written = written;
-                                    policy_applied = Some(policy_plan.clone());
+                let compiled = self.compile_policy(&desired);
+                let policy_plan = compiled.as_ref().map(|c| c.plan.clone());
+                if periodic
+                    || applied.as_ref() != Some(&desired)
+                    || policy_applied.as_ref() != Some(&policy_plan)
+                {
+                    let nl = match netlink.take() {
+                        Some(nl) => Ok(nl),
+                        None => self.netlink(),
+                    };
+                    match nl {
+                        Ok(mut nl) => {
+                            let mut report = self.sync(&mut nl, &desired);
+                            // The table waits for the node's own CIDRs: a pod address is
+                            // known from them.
+                            let policy_due = policy_plan.is_some() || policy_applied != Some(None);
+                            if policy_due
+                                && (!desired.own_cidrs.is_empty() || policy_plan.is_none())
+                            {
+                                match self.apply_policy(policy_plan.as_ref(), periodic, started) {
+                                    Ok(written) => {
+                                        report.policy_written = written;
+                                        policy_applied = Some(policy_plan.clone());
+                                    }
+                                    Err(e) => report.errors.push(format!("network policy: {e}")),
                                 }
-                                Err(e) => report.errors.push(format!("network policy: {e}")),
                             }
-                        }
-                        self.record(&report, first, &mut seen_rejections);
-                        if report.errors.is_empty() {
-                            if first {
-                                info!(routes = report.routes.programmed, "first sync applied");
-                                self.health.set_ready(true);
-                                first = false;
+                            self.record(&report, first, &mut seen_rejections);
+                            if report.errors.is_empty() {
+                                if first {
+                                    info!(routes = report.routes.programmed, "first sync applied");
+                                    self.health.set_ready(true);
+                                    first = false;
+                                }
+                            } else {
+                                warn!(errors = ?report.errors, "sync failed in part: the rest of the pass was applied; retrying");
                             }
-                        } else {
-                            warn!(errors = ?report.errors, "sync failed in part: the rest of the pass was applied; retrying");
+                            self.save_state(&desired, &report);
+                            applied = Some(desired.clone());
+                            let next = Report {
+                                programmed: programmed(&desired, &report),
+                                rejected: report.rejected,
+                                firewall: report.firewall,
+                                problems: compiled.map(|c| c.problems).unwrap_or_default(),
+                            };
+                            status_tx.send_if_modified(|s| replace(s, next));
+                            netlink = Some(nl);
                         }
-                        self.save_state(&desired, &report);
-                        applied = Some(desired.clone());
-                        let next = Report {
-                            programmed: programmed(&desired, &report),
-                            rejected: report.rejected,
-                            firewall: report.firewall,
-                            problems: compiled.map(|c| c.problems).unwrap_or_default(),
-                        };
-                        status_tx.send_if_modified(|s| replace(s, next));
-                        netlink = Some(nl);
+                        Err(e) => {
+                            self.metrics.errors.inc();
+                            warn!(error = %e, "cannot open netlink");
+                        }
                     }
-                    Err(e) => {
-                        self.metrics.errors.inc();
-                        warn!(error = %e, "cannot open netlink");
-                    }
+                    self.metrics
+                        .sync_duration
+                        .observe(started.elapsed().as_secs_f64());
                 }
-                self.metrics
-                    .sync_duration
-                    .observe(started.elapsed().as_secs_f64());
-            }
+            });
             tokio::select! {
                 _ = self.notify.notified() => periodic = false,
                 _ = ticker.tick() => periodic = true,

@@ -282,7 +282,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
+// Two workers: the reconcile pass blocks one in place (controller::off_runtime) while
+// the other serves the probes, metrics and watches.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log.format, &cli.log.level);

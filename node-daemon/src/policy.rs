@@ -221,6 +221,19 @@ struct Ctx<'a> {
     namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
     sets: BTreeMap<String, AddrSet>,
     problems: BTreeSet<Problem>,
+    /// Selector peers already resolved in this compile, by definition key: many
+    /// policies (and every pod they select) share a peer, which is then looked up once
+    /// and its sets are shared.
+    peers: BTreeMap<String, (Peer, Vec<IpAddr>)>,
+}
+
+/// The key of a peer's sets: a hash of what defines its members, not of the policy or
+/// rule it appears in — identical peers share one set per family (a cluster with 500
+/// policies over a few dozen distinct peers gets a few dozen sets, not a thousand),
+/// and a peer's set keeps its name while pods come and go.
+fn peer_key(kind: &str, definition: &impl serde::Serialize) -> String {
+    let text = serde_json::to_string(definition).unwrap_or_default();
+    hash16(&[kind, &text])
 }
 
 impl<'a> Ctx<'a> {
@@ -313,6 +326,8 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+        // The entries depend on the peer (its key) and on the names asked for.
+        let key = hash16(&[key, &format!("{named:?}")]);
         let (n4, n6) = (format!("n-{key}-4"), format!("n-{key}-6"));
         for (name, v6, mut entries) in [(&n4, false, entries4), (&n6, true, entries6)] {
             entries.sort();
@@ -357,13 +372,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// A peer as sets (both families declared for selector peers, so pods coming and
-    /// going only change elements). `None`: the peer is broken and matches nothing.
+    /// going only change elements), its pod addresses and its key. `None`: the peer is
+    /// broken and matches nothing.
     fn peer(
         &mut self,
         np: &NetworkPolicy,
-        key: &str,
         peer: &NetworkPolicyPeer,
-    ) -> Option<(Peer, Vec<IpAddr>)> {
+    ) -> Option<(Peer, Vec<IpAddr>, String)> {
         let np_ns = np.metadata.namespace.clone().unwrap_or_default();
         if let Some(block) = &peer.ip_block {
             let Ok(cidr) = block.cidr.parse::<IpNet>() else {
@@ -384,6 +399,9 @@ impl<'a> Ctx<'a> {
                     }
                 }
             }
+            except.sort();
+            except.dedup();
+            let key = peer_key("block", &(cidr.to_string(), &except));
             let v6 = cidr.addr().is_ipv6();
             let set = self.nets_set(
                 format!("s-{key}-{}", if v6 { 6 } else { 4 }),
@@ -405,11 +423,51 @@ impl<'a> Ctx<'a> {
                     except6,
                 },
                 Vec::new(),
+                key,
             ));
         }
+        // Without a namespace selector the peer's pods are those of the policy's own
+        // namespace: part of the definition.
+        let scope = match &peer.namespace_selector {
+            Some(sel) => serde_json::to_string(sel).unwrap_or_default(),
+            None => format!("namespace {np_ns}"),
+        };
+        let key = peer_key("pods", &(scope, &peer.pod_selector));
+        if let Some((p, ips)) = self.peers.get(&key) {
+            return Some((p.clone(), ips.clone(), key));
+        }
         let pods = self.peer_pods(&np_ns, peer);
-        Some(self.pods_peer(key, &pods))
+        let (p, ips) = self.pods_peer(&key, &pods);
+        self.peers.insert(key.clone(), (p.clone(), ips.clone()));
+        Some((p, ips, key))
     }
+}
+
+/// One rule per distinct (peer, ports) of a pod's NetworkPolicy rules: they only
+/// allow, so a repeat adds nothing but a rule every new connection walks past (ten
+/// policies with the same peer would be ten rules). The kept rule's comment names the
+/// first policy rule and how many others it stands for.
+fn merge_rules(rules: Vec<Rule>) -> Vec<Rule> {
+    let mut out: Vec<Rule> = Vec::new();
+    let mut repeats: Vec<usize> = Vec::new();
+    for r in rules {
+        match out
+            .iter()
+            .position(|o| o.peer == r.peer && o.ports == r.ports)
+        {
+            Some(i) => repeats[i] += 1,
+            None => {
+                out.push(r);
+                repeats.push(0);
+            }
+        }
+    }
+    for (r, n) in out.iter_mut().zip(repeats) {
+        if n > 0 {
+            r.comment = format!("{} (+{n} more)", r.comment);
+        }
+    }
+    out
 }
 
 /// Numbered ports, and named ones (name, protocol) apart.
@@ -466,6 +524,7 @@ pub fn compile(
         namespaces,
         sets: BTreeMap::new(),
         problems: BTreeSet::new(),
+        peers: BTreeMap::new(),
     };
     let local: Vec<&PodView> = pods.iter().filter(|p| p.node == node).collect();
     let mut plan = PolicyPlan {
@@ -533,9 +592,8 @@ pub fn compile(
                             ports: ports.clone(),
                         });
                     }
-                    for (j, peer) in peers.into_iter().enumerate() {
-                        let key = hash16(&[&ns, &name, "in", &i.to_string(), &j.to_string()]);
-                        if let Some((p, _)) = ctx.peer(np, &key, peer) {
+                    for peer in peers {
+                        if let Some((p, _, _)) = ctx.peer(np, peer) {
                             rules.push(Rule {
                                 comment: comment.clone(),
                                 peer: p,
@@ -561,14 +619,13 @@ pub fn compile(
                             None,
                         ));
                     }
-                    for (j, peer) in r.to.iter().flatten().enumerate() {
-                        let key = hash16(&[&ns, &name, "out", &i.to_string(), &j.to_string()]);
-                        if let Some((p, ips)) = ctx.peer(np, &key, peer) {
+                    for peer in r.to.iter().flatten() {
+                        if let Some((p, ips, key)) = ctx.peer(np, peer) {
                             let is_block = peer.ip_block.is_some();
                             targets.push((p, if is_block { Vec::new() } else { ips }, Some(key)));
                         }
                     }
-                    for (j, (peer, ips, key)) in targets.into_iter().enumerate() {
+                    for (peer, ips, key) in targets {
                         if !had_ports || !numbered.is_empty() {
                             let ports = if had_ports {
                                 Ports::List(numbered.clone())
@@ -585,9 +642,8 @@ pub fn compile(
                             continue;
                         }
                         // Named ports of the peer pods: (address, protocol, port) sets.
-                        let key = key.unwrap_or_else(|| {
-                            hash16(&[&ns, &name, "out", &i.to_string(), "any", &j.to_string()])
-                        });
+                        // Any peer: every pod of the cluster, the same for every policy.
+                        let key = key.unwrap_or_else(|| hash16(&["any"]));
                         let named: Vec<(String, Option<Protocol>)> =
                             named.iter().map(|(n, p)| (n.clone(), Some(*p))).collect();
                         let ports = ctx.named_ports(&key, &ips, &named);
@@ -601,6 +657,7 @@ pub fn compile(
             }
         }
         let (cluster_ingress, cluster_egress) = std::mem::take(&mut tiers[idx]);
+        let (ingress, egress) = (ingress.map(merge_rules), egress.map(merge_rules));
         if ingress.is_some()
             || egress.is_some()
             || !cluster_ingress.is_empty()
@@ -841,8 +898,8 @@ fn cluster_tiers(
                 });
                 // (peer, its pod addresses, whether named ports resolve against it)
                 let mut targets = Vec::new();
-                for (j, peer) in peers.iter().enumerate() {
-                    let key = hash16(&["cnp", &name, dir, &i.to_string(), &j.to_string()]);
+                for peer in peers.iter() {
+                    let key = peer_key("cnp", peer);
                     match cluster_peer(ctx, &key, peer) {
                         Ok((p, ips)) => targets.push((p, ips, key)),
                         Err(why) => broken = Some(why),
@@ -1219,6 +1276,64 @@ mod tests {
         assert!(c.plan.pods.is_empty());
         assert_eq!(c.plan.known.len(), 3, "{:?}", c.plan.known);
         assert_eq!(c.policies, 0);
+    }
+
+    /// Identical peers share their sets whatever policy or rule they appear in; a
+    /// selector without a namespace selector is scoped to its policy's namespace, so
+    /// the same selector in two namespaces is two peers.
+    #[test]
+    fn identical_peers_share_sets_across_policies() {
+        let rule = |ns: &str, name: &str, extra_block: bool| {
+            let mut from = vec![
+                json!({"podSelector": {"matchLabels": {"app": "web"}}}),
+                json!({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.99.0.0/16"]}}),
+            ];
+            if extra_block {
+                from.push(json!({"ipBlock": {"cidr": "10.0.0.0/8"}}));
+            }
+            np(
+                json!({"metadata": {"name": name, "namespace": ns}, "spec": {
+                "podSelector": {},
+                "ingress": [{"from": from, "ports": [{"port": 5432}]}]}}),
+            )
+        };
+        let one = compile(
+            "n1",
+            &cidrs(),
+            &pods(),
+            &namespaces(),
+            &[rule("default", "a", false)],
+            &[],
+        );
+        let many: Vec<NetworkPolicy> = (0..20)
+            .map(|i| rule("default", &format!("p{i:02}"), false))
+            .collect();
+        let c = compile("n1", &cidrs(), &pods(), &namespaces(), &many, &[]);
+        assert_eq!(
+            c.plan.sets.keys().collect::<Vec<_>>(),
+            one.plan.sets.keys().collect::<Vec<_>>(),
+            "20 policies with the same peers need the sets of one"
+        );
+        // Every pod of default on n1 (db, free): the 20 × 2 rules are 2, each naming the
+        // first policy rule and the 19 others it stands for.
+        let rules = chains(&c, "default/db").ingress.clone().unwrap_or_default();
+        assert_eq!(rules.len(), 2, "{rules:#?}");
+        assert_eq!(rules[0].comment, "default/p00 ingress[0] (+19 more)");
+        // An ipBlock without the except is another set; web in another namespace too.
+        let c = compile(
+            "n1",
+            &cidrs(),
+            &pods(),
+            &namespaces(),
+            &[rule("default", "a", true), rule("other", "b", false)],
+            &[],
+        );
+        assert_eq!(
+            c.plan.sets.len(),
+            one.plan.sets.len() + 1,
+            "the plain 10.0.0.0/8 is one more set (policy b selects no pod of n1): {:?}",
+            c.plan.sets.keys()
+        );
     }
 
     #[test]

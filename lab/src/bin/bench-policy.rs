@@ -77,6 +77,10 @@ struct Cli {
     /// Where the images are (scripts/build-images.sh, scripts/build-lab-images.sh).
     #[arg(long, default_value = "target/images")]
     images: PathBuf,
+    /// Leave the lab running afterwards (for a look at the daemons; `podnet-lab down`
+    /// with PODNET_LAB_STATE=/run/pnbp<pid> removes it).
+    #[arg(long)]
+    keep: bool,
 }
 
 const AGNHOST: &str = real::AGNHOST_IMAGE;
@@ -598,6 +602,7 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
     }
     let since = Instant::now();
     wait_settled(&probers, since, false, "after the policies").await?;
+    eprintln!("==> every client refused by the policies; 40 s at rest");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let settled_use = daemons(lab);
     let quiet = Instant::now();
@@ -606,6 +611,7 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
     let quiet_secs = quiet.elapsed().as_secs_f64();
 
     // (a) policy change → enforced on every node.
+    eprintln!("==> (a) policy changes, {} rounds", cli.rounds);
     let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(0));
     let (mut allow, mut deny) = (Vec::new(), Vec::new());
     let before_a = daemons(lab);
@@ -625,6 +631,7 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
 
     // (b) new pod → first allowed connection, against a pod no policy touches.
+    eprintln!("==> (b) new pods, {} rounds", cli.rounds);
     nps.create(&PostParams::default(), &toggle_policy()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut to_srv, mut to_open) = (Vec::new(), Vec::new());
@@ -698,6 +705,7 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
     }
 
     // (c) datapath: new connection per request, with and without policies.
+    eprintln!("==> (c) datapath, {} rounds", cli.rounds);
     let from = netns("cli-0")?;
     let (mut rps_pol, mut rps_open, mut lat_pol, mut lat_open) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -726,6 +734,13 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
     sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let peak = peak.lock().map(|p| p.clone()).unwrap_or_default();
+    // The CPU and memory figures are a container's since it started: a restarted daemon
+    // would make them wrong (and would be a finding of its own).
+    let now = daemon_ids(lab);
+    ensure!(
+        now == dids,
+        "a podnet-daemon container changed during the run (restarted?): before {dids:?}, after {now:?}"
+    );
 
     // Report.
     println!(
@@ -828,6 +843,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let result = rt.block_on(run(&mut lab, &cli));
-    real::down(&lab);
+    if cli.keep {
+        eprintln!(
+            "==> lab kept: export KUBECONFIG={}; PODNET_LAB_STATE={} podnet-lab down removes it",
+            lab.control_plane.kubeconfig.display(),
+            state.display()
+        );
+    } else {
+        real::down(&lab);
+    }
     result
 }
