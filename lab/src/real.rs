@@ -1138,6 +1138,10 @@ pub struct Usage {
     pub rss_mib: f64,
     /// `cpuacct.usage`: CPU time used since the container started, seconds.
     pub cpu_seconds: f64,
+    /// `VmRSS` of its main process — the one with the lowest PID, its entrypoint, not
+    /// the short-lived tools it runs (`/proc/<pid>/status`, file-backed pages included:
+    /// what `ps` and `top` show), MiB.
+    pub vm_rss_mib: f64,
 }
 
 /// The first container's ID of every pod in `namespace`, by pod name (pods without a
@@ -1208,10 +1212,24 @@ pub fn container_usage(lab: &RealLab, id: &str) -> Option<Usage> {
         .map(|d| read(&d, "cpuacct.usage"))
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0.0);
+    let main_pid = read(&mem, "cgroup.procs")
+        .lines()
+        .filter_map(|pid| pid.trim().parse::<u32>().ok())
+        .min();
+    let vm_rss_kib: f64 = main_pid
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
     Some(Usage {
         memory_mib: usage / 1048576.0,
         rss_mib: rss / 1048576.0,
         cpu_seconds: cpu_ns / 1e9,
+        vm_rss_mib: vm_rss_kib / 1024.0,
     })
 }
 

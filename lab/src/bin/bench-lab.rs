@@ -194,6 +194,12 @@ async fn batch(
 }
 
 fn set_reference(lab: &RealLab, on: bool) -> anyhow::Result<()> {
+    // host-local's leases: in the lab's own directory (nodes see the host's /run), gone
+    // with the reference.
+    let ipam_dir = lab.dir.join("ref-ipam");
+    if !on {
+        let _ = std::fs::remove_dir_all(&ipam_dir);
+    }
     for n in &lab.nodes {
         let path = n.dir.join("etc-cni/net.d/05-ref.conflist");
         if !on {
@@ -210,7 +216,7 @@ fn set_reference(lab: &RealLab, on: bool) -> anyhow::Result<()> {
         let p = prefix.join(".");
         let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "ref", "plugins": [
             {"type": "bridge", "bridge": podnet_contract::DEFAULT_BRIDGE, "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
-             "ipam": {"type": "host-local", "dataDir": "/run/podnet-bench-ref",
+             "ipam": {"type": "host-local", "dataDir": ipam_dir,
                       "ranges": [[{"subnet": cidr, "rangeStart": format!("{p}.150"), "rangeEnd": format!("{p}.250"), "gateway": format!("{p}.1")}]]}}]});
         std::fs::write(&path, conf.to_string()).with_context(|| path.display().to_string())?;
     }

@@ -539,7 +539,8 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
 
     // The policies; daemon CPU and memory while they arrive and after.
     let setup_cpu = daemons(lab);
-    let peak: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
+    // Peak (cgroup rss, process VmRSS) per daemon.
+    let peak: Arc<Mutex<BTreeMap<String, (f64, f64)>>> = Arc::default();
     let sampling = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (lab, peak, stop) = (lab.clone(), Arc::clone(&peak), Arc::clone(&sampling));
@@ -548,8 +549,9 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 for (pod, u) in usage(&lab, &ids) {
                     if let Ok(mut p) = peak.lock() {
-                        let e = p.entry(pod).or_insert(0.0);
-                        *e = e.max(u.rss_mib);
+                        let e = p.entry(pod).or_insert((0.0, 0.0));
+                        e.0 = e.0.max(u.rss_mib);
+                        e.1 = e.1.max(u.vm_rss_mib);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -786,7 +788,9 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
         mp / mo,
         (mp / mo - 1.0) * 100.0
     );
-    println!("(d) podnet-daemon per node:");
+    println!(
+        "(d) podnet-daemon per node; RSS: the process's VmRSS (as ps shows it), in brackets the cgroup's rss (anonymous memory charged to it):"
+    );
     println!(
         "    | pod | RSS idle MiB | RSS after setup MiB | RSS peak MiB | CPU s for the setup | CPU % at rest | CPU s per policy change |"
     );
@@ -800,10 +804,13 @@ async fn run(lab: &mut RealLab, cli: &Cli) -> anyhow::Result<()> {
             after_a.get(pod).copied().unwrap_or_default(),
         );
         println!(
-            "    | {pod} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} |",
+            "    | {pod} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.2} | {:.2} | {:.4} |",
+            i.vm_rss_mib,
             i.rss_mib,
+            u.vm_rss_mib,
             u.rss_mib,
-            peak.get(pod).copied().unwrap_or(0.0),
+            peak.get(pod).map_or(0.0, |p| p.1),
+            peak.get(pod).map_or(0.0, |p| p.0),
             u.cpu_seconds - s.cpu_seconds,
             (q.cpu_seconds - u.cpu_seconds) / quiet_secs * 100.0,
             (a1.cpu_seconds - a0.cpu_seconds) / (2 * cli.rounds) as f64
