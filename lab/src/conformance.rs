@@ -136,12 +136,7 @@ impl Report {
 /// the counts and every test.
 pub fn summary_markdown(report: &Report, run: &Run) -> String {
     let mut out = String::new();
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let _ = writeln!(out, "Run {date}: {}.\n", report.summary());
+    let _ = writeln!(out, "Run {}: {}.\n", utc_now(), report.summary());
     let _ = writeln!(out, "- focus: `{}`", run.focus);
     let _ = writeln!(out, "- skip: `{}`", run.skip);
     for (re, why) in FULL_SKIP {
@@ -154,7 +149,17 @@ pub fn summary_markdown(report: &Report, run: &Run) -> String {
     out
 }
 
-fn cell(s: &str) -> String {
+/// Now, as a report's header says it (`2026-12-03 09:42 UTC`).
+pub(crate) fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A report table's cell: the first line, `|` escaped, at most 300 characters.
+pub(crate) fn cell(s: &str) -> String {
     s.lines()
         .next()
         .unwrap_or_default()

@@ -100,3 +100,13 @@ pub fn output_with_input(
     }
     child.wait_with_output()
 }
+
+/// The `p`-quantile (0..=1, nearest rank) of `v`; NaN for no values.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}

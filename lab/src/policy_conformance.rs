@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::LabError;
+use crate::conformance::{cell, utc_now};
 use crate::real::RealLab;
 
 /// Tests not run here, and why.
@@ -148,29 +149,13 @@ impl Report {
 
 /// The markdown summary of a run.
 pub fn summary_markdown(report: &Report) -> String {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let mut out = format!("Run {date}: {}.\n\nNot run:\n", report.summary());
+    let mut out = format!("Run {}: {}.\n\nNot run:\n", utc_now(), report.summary());
     for (test, why) in SKIP {
         let _ = writeln!(out, "- `{test}`: {why}");
     }
     out.push('\n');
     out.push_str(&report.table());
     out
-}
-
-fn cell(s: &str) -> String {
-    s.lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .replace('|', "\\|")
-        .chars()
-        .take(300)
-        .collect()
 }
 
 /// Runs the suite against `lab`. An error means it could not run or left no events;

@@ -1129,6 +1129,33 @@ pub fn down(lab: &RealLab) {
     unregister(&lab.tag);
 }
 
+/// The lab a benchmark runs on: 3 nodes (kube-proxy in nftables mode), podnet's and the
+/// lab's images from `images`, state in `/run/<prefix><pid>` (the returned lab's `dir`),
+/// brought up on `rt`, progress on stderr. If bringing it up fails, whatever was started
+/// is removed.
+pub fn bench_lab(
+    rt: &tokio::runtime::Runtime,
+    prefix: &str,
+    images: &Path,
+) -> Result<RealLab, LabError> {
+    let tag = format!("{prefix}{}", std::process::id());
+    let state = PathBuf::from(format!("/run/{tag}"));
+    let opts = RealOptions {
+        nodes: 3,
+        proxy_modes: vec![ProxyMode::Nftables],
+        images: image_archives(images)?,
+        podnet_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut progress =
+        |what: &str, took: Duration| eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
+    rt.block_on(up(&tag, &opts, &state, &mut progress))
+        .inspect_err(|_| {
+            if let Ok(lab) = load(&state) {
+                down(&lab);
+            }
+        })
+}
+
 /// Resource use of one container, from its cgroups (v1: memory and cpuacct).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {

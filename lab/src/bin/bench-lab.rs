@@ -27,13 +27,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::watcher;
 use podnet_lab::kube_node::{self, ProxyMode};
-use podnet_lab::real::{self, RealLab, RealOptions, kubectl};
+use podnet_lab::real::{self, RealLab, kubectl};
 
 /// Seconds since boot: the clock the pods read too (`/proc/uptime`, same kernel).
 fn uptime() -> f64 {
@@ -61,14 +61,7 @@ struct Cli {
     images: PathBuf,
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use podnet_lab::percentile as pct;
 
 /// (cgroup memory usage, rss) in MiB of every podnet container, by pod name.
 fn podnet_memory(lab: &RealLab) -> BTreeMap<String, (f64, f64)> {
@@ -388,30 +381,12 @@ fn main() -> anyhow::Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "bench-lab needs root (namespaces, cgroups, mounts)"
     );
-    let images = real::image_archives(&cli.images)?;
-    let tag = format!("pnbl{}", std::process::id());
-    let state = PathBuf::from(format!("/run/{tag}"));
-    let opts = RealOptions {
-        nodes: 3,
-        proxy_modes: vec![ProxyMode::Nftables],
-        images,
-        podnet_version: env!("CARGO_PKG_VERSION").into(),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut progress =
-        |what: &str, took: Duration| eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
-    let mut lab = match rt.block_on(real::up(&tag, &opts, &state, &mut progress)) {
-        Ok(lab) => lab,
-        Err(e) => {
-            if let Ok(lab) = real::load(&state) {
-                real::down(&lab);
-            }
-            bail!("real-node lab up: {e}");
-        }
-    };
+    let mut lab = real::bench_lab(&rt, "pnbl", &cli.images)
+        .map_err(|e| anyhow::anyhow!("real-node lab up: {e}"))?;
     let result = rt.block_on(run(&mut lab, &cli));
     let _ = set_reference(&lab, false);
     real::down(&lab);

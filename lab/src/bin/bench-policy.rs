@@ -45,15 +45,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use podnet_crds::NodeRoute;
-use podnet_lab::kube_node::ProxyMode;
-use podnet_lab::real::{self, RealLab, RealOptions, kubectl};
+use podnet_lab::real::{self, RealLab, kubectl};
 
 /// Policies at scale on the real-node lab.
 #[derive(clap::Parser)]
@@ -92,14 +91,7 @@ fn ns_name(i: usize) -> String {
     format!("bp-{i:02}")
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use podnet_lab::percentile as pct;
 
 fn spread(v: &[f64]) -> String {
     format!(
@@ -825,36 +817,18 @@ fn main() -> anyhow::Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "bench-policy needs root (namespaces, cgroups, mounts)"
     );
-    let images = real::image_archives(&cli.images)?;
-    let tag = format!("pnbp{}", std::process::id());
-    let state = PathBuf::from(format!("/run/{tag}"));
-    let opts = RealOptions {
-        nodes: 3,
-        proxy_modes: vec![ProxyMode::Nftables],
-        images,
-        podnet_version: env!("CARGO_PKG_VERSION").into(),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut progress =
-        |what: &str, took: Duration| eprintln!("==> {what} ({:.1}s)", took.as_secs_f64());
-    let mut lab = match rt.block_on(real::up(&tag, &opts, &state, &mut progress)) {
-        Ok(lab) => lab,
-        Err(e) => {
-            if let Ok(lab) = real::load(&state) {
-                real::down(&lab);
-            }
-            bail!("real-node lab up: {e}");
-        }
-    };
+    let mut lab = real::bench_lab(&rt, "pnbp", &cli.images)
+        .map_err(|e| anyhow::anyhow!("real-node lab up: {e}"))?;
     let result = rt.block_on(run(&mut lab, &cli));
     if cli.keep {
         eprintln!(
             "==> lab kept: export KUBECONFIG={}; PODNET_LAB_STATE={} podnet-lab down removes it",
             lab.control_plane.kubeconfig.display(),
-            state.display()
+            lab.dir.display()
         );
     } else {
         real::down(&lab);
