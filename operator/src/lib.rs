@@ -6,6 +6,9 @@
 
 pub mod allocator;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod network;
+pub mod plan;
+pub mod writer;
