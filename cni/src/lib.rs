@@ -5,6 +5,9 @@
 //! ADD undoes a partial setup before it reports an error; DEL is best effort and
 //! idempotent. Netlink sockets for the pod's namespace are made on a throwaway thread
 //! (see podnet-netlink): this process never changes the namespace of a thread it keeps.
+//!
+//! This crate must never import kube, k8s-openapi, podnet-crds or tokio: the plugin is
+//! exec'd per pod and stays small and synchronous.
 
 pub mod config;
 pub mod error;

@@ -1,5 +1,7 @@
 //! What podnet-operator and podnet-daemon share: the `/healthz`, `/readyz` and
 //! `/metrics` endpoint, logging setup, signal handling, the API clients and watches.
+//!
+//! This crate must never import podnet's own crates: it sits below them all.
 
 mod client;
 mod http;

@@ -4,6 +4,9 @@
 //! Field doc comments are the `kubectl explain` text, and the validation rules attached
 //! here are enforced by the API server itself, so every client — kubectl with
 //! `--validate=false` included — is held to them.
+//!
+//! This crate must never import anything of the node (podnet-netlink, podnet-firewall,
+//! podnet-contract): it is the API, shared by the operator, the daemon and the lab.
 
 mod conditions;
 mod crdgen;

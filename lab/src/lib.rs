@@ -4,6 +4,9 @@
 //! with RBAC on, an admin client certificate and a service-account signing key, and stops
 //! them (and removes the directory) when dropped. [`testing`] is the one helper every
 //! integration test that needs an API server goes through.
+//!
+//! Nothing but tests, benchmarks and the `podnet-lab` tool may import this crate; it
+//! imports the others (crds, contract, netlink) and never ships in an image.
 
 pub mod certs;
 pub mod chart;

@@ -6,6 +6,9 @@
 //! namespace it was created in, so [`Netlink::in_netns`] creates it on a short-lived
 //! thread that enters the namespace and is then discarded: no thread that keeps running
 //! ever changes namespace.
+//!
+//! This crate must never import Kubernetes types nor an async runtime: podnet-cni links
+//! it, and it must stay a small synchronous client.
 
 mod link;
 mod route;

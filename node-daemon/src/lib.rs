@@ -4,6 +4,10 @@
 //!
 //! [`desired`] is pure; [`routes`], [`firewall`] and [`cniconf`] apply it;
 //! [`controller`] runs the loop.
+//!
+//! This crate must never watch or list Nodes (only NodeRoutes, PodNetworks, and for
+//! policy Pods, Namespaces, NetworkPolicies and ClusterNetworkPolicies): at thousands of
+//! nodes the Node list is the cost podnet exists to avoid.
 
 pub mod cluster_policy;
 pub mod cniconf;

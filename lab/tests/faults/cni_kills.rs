@@ -23,9 +23,13 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
     cluster::cni(state, &node, "DEL", &sample)?;
     run_ok(&["ip", "netns", "del", &sample])?;
     added?;
-    // Eight ADDs share two cores: an ADD takes several times the lone one. Kill points are
-    // spread over six lone ADDs, so most cycles die somewhere inside ADD and some finish.
+    // Eight ADDs share two cores: an ADD takes several times the lone one. Kill points
+    // start spread over six lone ADDs and then follow how long the ADDs that finish
+    // really take under this load (a running average; kill points uniform up to 1.2
+    // times it), so most cycles die somewhere inside ADD and some finish, however fast
+    // or slow the machine is at the moment.
     let window_us = (add_time.as_micros() as u64).clamp(2_000, 200_000) * 6;
+    let estimate_us = Arc::new(std::sync::atomic::AtomicU64::new(window_us * 5 / 6));
     let counters = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let killed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let state_ro = Arc::new(state.clone());
@@ -36,18 +40,28 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         let tag = tag.clone();
         let counters = Arc::clone(&counters);
         let killed = Arc::clone(&killed);
+        let estimate_us = Arc::clone(&estimate_us);
         workers.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
             for i in 0..(500 / 8 + usize::from(w < 500 % 8)) {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let delay = Duration::from_micros(seed % window_us);
+                let estimate = estimate_us.load(std::sync::atomic::Ordering::Relaxed).max(500);
+                let delay = Duration::from_micros(seed % (estimate * 6 / 5));
                 let ns = format!("{tag}-c{w}x{i}");
                 run_ok(&["ip", "netns", "add", &ns])?;
-                let was_killed = cni_add_killed_after(&state, &node, &ns, delay)?;
-                if was_killed {
-                    killed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match cni_add_killed_after(&state, &node, &ns, delay)? {
+                    None => {
+                        killed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(took) => {
+                        let took = took.as_micros() as u64;
+                        estimate_us.store(
+                            (estimate * 7 + took) / 8,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
                 }
                 // What a runtime does after a failed (or any) sandbox: DEL, then remove
                 // the namespace. DEL must succeed whatever ADD left behind.
@@ -83,21 +97,23 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         .count("ADDs killed mid-way", killed)
         .count("ADDs completed", cycles - killed)
         .took(
-            "kill points uniform from 0 to",
-            Duration::from_micros(window_us),
+            "kill points uniform from 0 to 1.2 × a concurrent ADD, at the end",
+            Duration::from_micros(
+                estimate_us.load(std::sync::atomic::Ordering::Relaxed) * 6 / 5,
+            ),
         )
         .took("a lone ADD here takes", add_time)
         .held("every DEL succeeded; after GC no leaked lease, attachment record or veth"))
 }
 
 /// Runs podnet-cni ADD for `ns` on `node` and SIGKILLs it after `delay` unless it is
-/// done; whether it was killed.
+/// done; how long it took when it finished, `None` when it was killed.
 fn cni_add_killed_after(
     state: &LabState,
     node: &cluster::LabNode,
     ns: &str,
     delay: Duration,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Duration>> {
     use std::io::Write;
     let conf = cluster::plugin_conf(state, node)?;
     let mut child = std::process::Command::new("ip")
@@ -115,15 +131,16 @@ fn cni_add_killed_after(
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(conf.to_string().as_bytes());
     }
-    let deadline = Instant::now() + delay;
+    let started = Instant::now();
+    let deadline = started + delay;
     loop {
         if child.try_wait()?.is_some() {
-            return Ok(false);
+            return Ok(Some(started.elapsed()));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(true);
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_micros(200));
     }
