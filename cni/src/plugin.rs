@@ -407,7 +407,10 @@ fn pod_thread(
     checked: mpsc::Sender<Result<(), CniError>>,
     go: mpsc::Receiver<Vec<IpNet>>,
 ) -> Result<Option<ResultInterface>, CniError> {
+    // Subscribed before the veth exists (and before the first request, so on the same
+    // socket): its arrival is read from the notification instead of asked for.
     let check = Netlink::enter_netns_on_this_thread(netns, netns_path)
+        .and_then(|mut pod| pod.subscribe_links().map(|()| pod))
         .map_err(CniError::from)
         .and_then(|mut pod| match pod.link_by_name(ifname)? {
             Some(_) => Err(CniError::new(
@@ -417,10 +420,6 @@ fn pod_thread(
             )),
             None => Ok(pod),
         });
-    // Subscribed before the veth exists: its arrival is read from the notification
-    // instead of asked for.
-    let check =
-        check.and_then(|mut pod| pod.subscribe_links().map(|()| pod).map_err(CniError::from));
     let mut pod = match check {
         Ok(pod) => {
             let _ = checked.send(Ok(()));

@@ -47,7 +47,9 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let estimate = estimate_us.load(std::sync::atomic::Ordering::Relaxed).max(500);
+                let estimate = estimate_us
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .max(500);
                 let delay = Duration::from_micros(seed % (estimate * 6 / 5));
                 let ns = format!("{tag}-c{w}x{i}");
                 run_ok(&["ip", "netns", "add", &ns])?;
@@ -98,9 +100,7 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         .count("ADDs completed", cycles - killed)
         .took(
             "kill points uniform from 0 to 1.2 × a concurrent ADD, at the end",
-            Duration::from_micros(
-                estimate_us.load(std::sync::atomic::Ordering::Relaxed) * 6 / 5,
-            ),
+            Duration::from_micros(estimate_us.load(std::sync::atomic::Ordering::Relaxed) * 6 / 5),
         )
         .took("a lone ADD here takes", add_time)
         .held("every DEL succeeded; after GC no leaked lease, attachment record or veth"))

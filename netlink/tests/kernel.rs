@@ -1,0 +1,149 @@
+//! podnet-netlink against the kernel, in network namespaces this test creates and
+//! removes: requests, batches, errors and notifications, called from plain threads and
+//! from inside a tokio runtime. Needs root (fails, naming it, without).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use podnet_netlink::{Netlink, Route, RouteFilter};
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip (iproute2) is needed: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace of this test's own, removed on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new(what: &str) -> Self {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "podnet-netlink's kernel tests need root (network namespaces)"
+        );
+        let name = format!("pnnl-{what}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        Self(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_link_made_after_subscribing_is_seen_at_once() {
+    link_notification_arrives(false);
+}
+
+#[test]
+fn a_subscription_after_requests_sees_links_too() {
+    link_notification_arrives(true);
+}
+
+/// Subscribes (after a request when `after_request`: on a second socket), then has
+/// `ip` make a veth and waits for its notification.
+fn link_notification_arrives(after_request: bool) {
+    let ns = Ns::new(if after_request { "notify2" } else { "notify" });
+    let path = ns.path();
+    let name = ns.0.clone();
+    let waited = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut nl =
+            Netlink::enter_netns_on_this_thread(&file, &path).unwrap_or_else(|e| panic!("{e}"));
+        if after_request {
+            assert!(
+                nl.link_by_name("lo")
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .is_some()
+            );
+        }
+        nl.subscribe_links().unwrap_or_else(|e| panic!("{e}"));
+        let maker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            ip(&[
+                "-n", &name, "link", "add", "pnt0", "type", "veth", "peer", "name", "pnt1",
+            ]);
+        });
+        let started = Instant::now();
+        let link = nl
+            .wait_link_named("pnt1", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = maker.join();
+        (link.name, started.elapsed())
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("the namespace thread panicked"));
+    assert_eq!(waited.0, "pnt1");
+    assert!(
+        waited.1 < Duration::from_secs(1),
+        "the link's notification took {:?} (a timeout, not a notification)",
+        waited.1
+    );
+}
+
+#[test]
+fn batches_report_each_refusal_and_work_inside_a_tokio_runtime() {
+    let ns = Ns::new("batch");
+    ip(&[
+        "-n", &ns.0, "link", "add", "pnb0", "type", "veth", "peer", "name", "pnb1",
+    ]);
+    ip(&["-n", &ns.0, "addr", "add", "198.18.0.1/24", "dev", "pnb0"]);
+    ip(&["-n", &ns.0, "link", "set", "pnb1", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "pnb0", "up"]);
+    let route = |i: u8| Route {
+        dst: IpAddr::V4(Ipv4Addr::new(10, 99, i, 0)),
+        prefix: 24,
+        gateway: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2))),
+        oif: None,
+        protocol: 233,
+    };
+    let routes: Vec<Route> = (0..200).map(route).collect();
+    let path = ns.path();
+    // From inside a runtime, as the daemon and the lab call it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async move {
+        let mut nl = Netlink::in_netns(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(nl.create_routes(&routes).is_empty());
+        // Again: every one exists, each refusal names its route.
+        let refused = nl.create_routes(&routes[..3]);
+        assert_eq!(refused.len(), 3);
+        assert!(refused.iter().all(|(_, e)| e.is_exists()), "{refused:?}");
+        assert_eq!(refused[1].0, routes[1]);
+        let listed = nl
+            .routes(RouteFilter {
+                ipv6: false,
+                protocol: Some(233),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listed.len(), 200);
+        assert!(nl.del_route(&routes[0]).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!nl.del_route(&routes[0]).unwrap_or_else(|e| panic!("{e}")));
+        assert!(
+            nl.link_by_name("nope0")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+        drop(nl); // inside the runtime: must not panic
+    });
+}
