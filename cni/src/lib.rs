@@ -6,8 +6,9 @@
 //! idempotent. Netlink sockets for the pod's namespace are made on a throwaway thread
 //! (see podnet-netlink): this process never changes the namespace of a thread it keeps.
 //!
-//! This crate must never import kube, k8s-openapi, podnet-crds or tokio: the plugin is
-//! exec'd per pod and stays small and synchronous.
+//! This crate must never import kube, k8s-openapi or podnet-crds, and has no async code
+//! of its own (podnet-netlink keeps its runtime inside): the plugin is exec'd per pod and
+//! stays small and synchronous.
 
 pub mod config;
 pub mod error;
