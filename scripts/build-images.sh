@@ -78,6 +78,25 @@ for root in "$out/ctx/operator/base" "$out/ctx/daemon/base"; do
 done
 
 status=0
+# Runs a command inside the image's container. The chroot runtime itself fails now and
+# then before the command starts ("Close_Fd sealing memfd copy: Device or resource busy"
+# in one CI run): only that failure of the runtime is retried, twice; any other output
+# is the command's and is judged by the caller.
+in_image() {
+  local ctr=$1 out rc try
+  shift
+  for try in 1 2 3; do
+    out=$(buildah run --isolation chroot "$ctr" -- "$@" 2>&1) && rc=0 || rc=$?
+    if [ "$rc" = 0 ] || ! grep -q "sealing memfd copy" <<<"$out"; then
+      break
+    fi
+    echo "    (the container runtime failed before the command, try $try: $out)" >&2
+    sleep 1
+  done
+  printf '%s' "$out"
+  return "$rc"
+}
+
 for c in operator daemon; do
   image="localhost/podnet-$c:$version"
   echo "==> buildah bud $image" >&2
@@ -90,7 +109,7 @@ for c in operator daemon; do
   entry=$(buildah inspect --format '{{range .OCIv1.Config.Entrypoint}}{{.}} {{end}}' "$ctr")
   user=$(buildah inspect --format '{{.OCIv1.Config.User}}' "$ctr")
   # shellcheck disable=SC2086
-  got=$(buildah run --isolation chroot "$ctr" -- $entry --version 2>&1) || true
+  got=$(in_image "$ctr" $entry --version) || true
   if [ "$got" = "podnet-$c $version" ]; then
     echo "    $image: entrypoint '${entry% }' --version -> $got (user: ${user:-root})" >&2
   else
@@ -101,7 +120,7 @@ for c in operator daemon; do
     for tool in "/usr/local/bin/podnet-cni --version" "/usr/sbin/iptables-restore --version" "/usr/sbin/ip6tables-save --version" \
         "/usr/sbin/iptables-legacy-save --version" "/usr/sbin/ip6tables-nft-restore --version" "/usr/sbin/nft --version"; do
       # shellcheck disable=SC2086
-      if v=$(buildah run --isolation chroot "$ctr" -- $tool 2>&1); then
+      if v=$(in_image "$ctr" $tool); then
         echo "    $image: $tool -> $v" >&2
       else
         echo "    $image: $tool failed: $v" >&2; status=1
