@@ -8,6 +8,9 @@ use std::process::Command;
 
 use crate::LabError;
 
+/// The `kubernetes` Service's addresses: the first of each Service range.
+pub const KUBERNETES_SERVICE_IPS: [&str; 2] = ["198.19.240.1", "fd00:10:96::1"];
+
 /// Paths of the generated PKI files.
 #[derive(Debug, Clone)]
 pub(crate) struct Pki {
@@ -83,7 +86,7 @@ pub(crate) fn generate(openssl: &Path, dir: &Path, server_ips: &[IpAddr]) -> Res
     );
     // The `kubernetes` Service's addresses: pods (CoreDNS, the e2e suite's clients)
     // reach the API server through them.
-    for ip in crate::controlplane::KUBERNETES_SERVICE_IPS
+    for ip in KUBERNETES_SERVICE_IPS
         .iter()
         .map(ToString::to_string)
         .chain(server_ips.iter().map(ToString::to_string))

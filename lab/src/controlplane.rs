@@ -17,8 +17,6 @@ use crate::{LabError, Tools};
 /// The Service ranges of every lab cluster (IPv4 first: Services are IPv4 unless they
 /// ask for IPv6 or both).
 pub const SERVICE_CIDRS: [&str; 2] = ["198.19.240.0/20", "fd00:10:96::/112"];
-/// The `kubernetes` Service's addresses: the first of each Service range.
-pub const KUBERNETES_SERVICE_IPS: [&str; 2] = ["198.19.240.1", "fd00:10:96::1"];
 /// The cluster DNS Service's address (the kubelets' `clusterDNS`; lab/manifests/coredns.yaml).
 pub const CLUSTER_DNS_IP: &str = "198.19.240.10";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);

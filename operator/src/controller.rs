@@ -37,9 +37,7 @@ use crate::metrics::Metrics;
 use crate::network::evaluate_networks;
 use crate::plan::{PlanConfig, Snapshot, SyncState, needs_allocation, plan, status_cidrs};
 use crate::writer::Writer;
-
-/// The field manager of every status the operator applies.
-pub const FIELD_MANAGER: &str = "podnet-operator";
+pub use crate::writer::{Error, FIELD_MANAGER};
 
 /// Tunables of the control loop.
 #[derive(Clone, Debug)]
@@ -65,20 +63,6 @@ impl Default for ControllerConfig {
             quarantine: Duration::from_secs(300),
         }
     }
-}
-
-/// Errors of the control loop.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An API call failed.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// Leadership was lost while starting a term.
-    #[error("leadership lost")]
-    NotLeader,
-    /// Fencing could not finish.
-    #[error("could not fence NodeRoute {0}")]
-    Fence(String),
 }
 
 /// The operator: caches, leadership, and what it reports.

@@ -22,11 +22,27 @@ use podnet_crds::{
 use serde_json::json;
 use tracing::warn;
 
-use crate::controller::{Error, FIELD_MANAGER};
 use crate::events::Announcer;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{Job, OWN_CONDITIONS, Outcome};
+
+/// The field manager of every status the operator applies.
+pub const FIELD_MANAGER: &str = "podnet-operator";
+
+/// Errors of the control loop (starting a term, fencing).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Leadership was lost while starting a term.
+    #[error("leadership lost")]
+    NotLeader,
+    /// Fencing could not finish.
+    #[error("could not fence NodeRoute {0}")]
+    Fence(String),
+}
 
 /// Why a write did not happen.
 #[derive(Debug)]
