@@ -69,19 +69,11 @@ impl Drop for Namespaces {
     }
 }
 
+/// `ip ARGS` through the lab's one command runner; its stderr becomes the error.
 fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut full = vec!["ip"];
+    full.extend_from_slice(args);
+    Ok(podnet_lab::run_ok(&full)?)
 }
 
 /// Runs `f` on a new thread that first enters the namespace at `path` (never on a
