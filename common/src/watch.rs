@@ -9,12 +9,53 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
 /// Starts a watch of `api` into a cache; every change (and every error, after which the
 /// watch retries with [`WatchBackoff`] while the cache keeps its content) wakes `notify`.
 /// `modify` trims each object before it is cached.
 pub fn spawn_reflector<K>(api: Api<K>, notify: Arc<Notify>, modify: fn(&mut K)) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect(api, notify, modify, None)
+}
+
+/// Like [`spawn_reflector`], and also sends each object of the *first* list to
+/// `first_list` as its page arrives (the cache itself shows the list only once it is
+/// complete). The sender is dropped when that list is complete, which ends the
+/// receiver's stream; later re-lists (after a watch error) are not sent.
+pub fn spawn_reflector_with_first_list<K>(
+    api: Api<K>,
+    notify: Arc<Notify>,
+    modify: fn(&mut K),
+    first_list: UnboundedSender<K>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect(api, notify, modify, Some(first_list))
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    notify: Arc<Notify>,
+    modify: fn(&mut K),
+    mut first_list: Option<UnboundedSender<K>>,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -31,8 +72,7 @@ where
     )
     .backoff(WatchBackoff::default())
     .modify(modify)
-    .reflect(writer)
-    .touched_objects();
+    .reflect(writer);
     let kind = K::kind(&()).into_owned();
     tokio::spawn(async move {
         futures::pin_mut!(events);
@@ -49,11 +89,23 @@ where
                         debug!(%kind, error = %e, failures, "watch still failing");
                     }
                 }
-                Ok(_) if failures > 0 => {
-                    info!(%kind, failures, "watch recovered");
-                    failures = 0;
+                Ok(ev) => {
+                    if failures > 0 {
+                        info!(%kind, failures, "watch recovered");
+                        failures = 0;
+                    }
+                    match ev {
+                        watcher::Event::InitApply(obj) => {
+                            if let Some(tx) = &first_list
+                                && tx.send(obj).is_err()
+                            {
+                                first_list = None;
+                            }
+                        }
+                        watcher::Event::InitDone => first_list = None,
+                        _ => {}
+                    }
                 }
-                Ok(_) => {}
             }
             notify.notify_one();
         }

@@ -8,6 +8,7 @@
 //! Nothing but tests, benchmarks and the `podnet-lab` tool may import this crate; it
 //! imports the others (crds, contract, netlink) and never ships in an image.
 
+pub mod bench;
 pub mod certs;
 pub mod chart;
 pub mod cluster;

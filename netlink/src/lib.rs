@@ -37,7 +37,7 @@ use tokio::runtime::Runtime;
 
 pub use link::{LinkInfo, LinkKind};
 pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-pub use route::{Address, Dad, Route, RouteFilter};
+pub use route::{Address, Dad, Route, RouteChange, RouteFilter};
 
 /// What can go wrong talking to the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,9 @@ pub struct Netlink {
     events: Events,
     groups: Vec<u32>,
 }
+
+/// The receive buffer asked for a socket that joins notification groups.
+const NOTIFY_BUFFER: usize = 8 << 20;
 
 /// Requests of one batch in flight at once (the kernel handles each in order).
 const IN_FLIGHT: usize = 256;
@@ -338,6 +341,9 @@ fn join_groups(conn: &mut Connection<RouteNetlinkMessage>, groups: &[u32]) -> Re
     for g in groups {
         socket.add_membership(*g)?;
     }
+    // Room for a burst (thousands of routes added at once) before notifications are
+    // dropped; the kernel caps it at net.core.rmem_max.
+    socket.set_rx_buf_sz(NOTIFY_BUFFER)?;
     Ok(())
 }
 

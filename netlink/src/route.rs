@@ -323,3 +323,41 @@ impl Netlink {
             .collect())
     }
 }
+
+/// A change of the routing table, from a notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// A route was added (or replaced).
+    Added(Route),
+    /// A route was removed.
+    Removed(Route),
+}
+
+impl Netlink {
+    /// Subscribes to route notifications of both families (RTNLGRP_IPV4_ROUTE and
+    /// RTNLGRP_IPV6_ROUTE). Call it before the first request, so they arrive on this
+    /// connection's own socket.
+    pub fn subscribe_routes(&mut self) -> Result<()> {
+        const RTNLGRP_IPV4_ROUTE: u32 = 7;
+        const RTNLGRP_IPV6_ROUTE: u32 = 11;
+        self.subscribe(RTNLGRP_IPV4_ROUTE)?;
+        self.subscribe(RTNLGRP_IPV6_ROUTE)
+    }
+
+    /// The route changes notified since the last call, waiting at most `timeout` for
+    /// the first. Notifications are lost when the socket's buffer overflows: a caller
+    /// that must not miss one confirms with a dump ([`Netlink::routes`]).
+    pub fn route_changes(&mut self, timeout: std::time::Duration) -> Result<Vec<RouteChange>> {
+        Ok(self
+            .notifications(timeout)?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Route::from_message(&r).map(RouteChange::Added),
+                RouteNetlinkMessage::DelRoute(r) => {
+                    Route::from_message(&r).map(RouteChange::Removed)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}

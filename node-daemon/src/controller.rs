@@ -18,7 +18,10 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::utils::Backoff;
 use kube::{Client, Resource, ResourceExt};
-use podnet_common::{ApiClients, Health, WatchBackoff, spawn_reflector, strip_managed_fields};
+use podnet_common::{
+    ApiClients, Health, WatchBackoff, spawn_reflector, spawn_reflector_with_first_list,
+    strip_managed_fields,
+};
 use podnet_crds::{
     API_VERSION, ConditionStatus, NodeRoute, PodNetwork, condition_type, find_condition,
     make_condition, reason,
@@ -31,12 +34,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::cniconf;
 use crate::desired::{Desired, Rejection, Rule, desired_state, rejection_keys};
 use crate::firewall::{self, Backend, NatTable, Runner, Setting};
+use crate::first_list::FirstList;
 use crate::policy::{self, Compiled, PodView, Problem};
 use crate::routes::{KernelView, RouteReport, apply_routes, plan_routes, read_routes};
 use crate::state;
@@ -334,6 +339,8 @@ pub struct Daemon {
     /// then when the choice is automatic).
     firewall: std::sync::Mutex<Option<Box<dyn NatTable + Send>>>,
     noderoutes: Store<NodeRoute>,
+    /// The first NodeRoute list, page by page as it arrives (taken by `run`).
+    first_list: Option<UnboundedReceiver<NodeRoute>>,
     networks: Store<PodNetwork>,
     /// Pods, Namespaces and NetworkPolicies (network policy on).
     policy_inputs: Option<PolicyInputs>,
@@ -379,6 +386,7 @@ impl Daemon {
         metrics: DaemonMetrics,
     ) -> Self {
         let notify = Arc::new(Notify::new());
+        let (first_list, first_pages) = unbounded_channel();
         let policy_inputs = config.network_policy.then(|| PolicyInputs {
             pods: spawn_reflector(
                 Api::all(clients.watch.clone()),
@@ -405,11 +413,13 @@ impl Daemon {
         });
         Self {
             policy_inputs,
-            noderoutes: spawn_reflector(
+            noderoutes: spawn_reflector_with_first_list(
                 Api::all(clients.watch.clone()),
                 Arc::clone(&notify),
                 strip_managed_fields,
+                first_list,
             ),
+            first_list: Some(first_pages),
             networks: spawn_reflector(
                 Api::all(clients.watch),
                 Arc::clone(&notify),
@@ -431,10 +441,15 @@ impl Daemon {
         }
     }
 
-    /// Waits for the caches; if the API server does not answer within the startup
-    /// grace, programs the state saved by the last run meanwhile (once). Returns false
-    /// on shutdown.
-    async fn wait_for_caches(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+    /// Waits for the caches, adding the routes of the first NodeRoute list's pages as
+    /// they arrive ([`FirstList`]); if the API server does not answer within the
+    /// startup grace, programs the state saved by the last run meanwhile (once).
+    /// Returns false on shutdown.
+    async fn wait_for_caches(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        first_pages: Option<UnboundedReceiver<NodeRoute>>,
+    ) -> bool {
         let synced = async {
             let _ = self.noderoutes.wait_until_ready().await;
             let _ = self.networks.wait_until_ready().await;
@@ -448,10 +463,18 @@ impl Daemon {
             }
         };
         tokio::pin!(synced);
-        tokio::select! {
-            _ = &mut synced => return true,
-            _ = tokio::time::sleep(self.config.startup_grace) => {}
-            _ = shutdown.changed() => return false,
+        let mut early_done = first_pages.is_none();
+        let early = self.first_list_routes(first_pages);
+        tokio::pin!(early);
+        let grace = tokio::time::sleep(self.config.startup_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut synced => return true,
+                _ = &mut early, if !early_done => early_done = true,
+                _ = &mut grace => break,
+                _ = shutdown.changed() => return false,
+            }
         }
         match self.config.state_dir.as_deref().map(state::load) {
             Some(Ok(Some(saved))) => {
@@ -480,15 +503,80 @@ impl Daemon {
             }
             None => {}
         }
-        tokio::select! {
-            _ = synced => true,
-            _ = shutdown.changed() => false,
+        loop {
+            tokio::select! {
+                _ = &mut synced => return true,
+                _ = &mut early, if !early_done => early_done = true,
+                _ = shutdown.changed() => return false,
+            }
         }
     }
 
+    /// Adds the routes of each page of the first NodeRoute list as it arrives (add
+    /// only, see [`FirstList`]), until the list is complete.
+    async fn first_list_routes(&self, pages: Option<UnboundedReceiver<NodeRoute>>) {
+        let Some(mut pages) = pages else {
+            return;
+        };
+        // Every CIDR is checked against its PodNetwork: those first (a short list).
+        let _ = self.networks.wait_until_ready().await;
+        let started = Instant::now();
+        let mut first: Option<(Netlink, FirstList)> = None;
+        let mut buf = Vec::new();
+        while pages.recv_many(&mut buf, 4096).await > 0 {
+            let page = std::mem::take(&mut buf);
+            let ok = off_runtime(|| {
+                if first.is_none() {
+                    first = self.start_first_list().map_err(|e| {
+                        debug!(error = %e, "routes from the first list: cannot read the kernel; waiting for the complete list");
+                    }).ok();
+                }
+                let Some((nl, list)) = first.as_mut() else {
+                    return false;
+                };
+                let added = list.page(page, &self.networks.state(), nl);
+                debug!(
+                    added,
+                    total = list.added,
+                    "routes from a page of the first NodeRoute list"
+                );
+                true
+            });
+            if !ok {
+                return;
+            }
+        }
+        if let Some((_, list)) = first {
+            info!(
+                added = list.added,
+                refused = list.refused,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "routes added while the first NodeRoute list arrived; the first pass follows"
+            );
+        }
+    }
+
+    /// The connection and the kernel's view (routes, every address) for [`FirstList`].
+    fn start_first_list(&self) -> Result<(Netlink, FirstList), podnet_netlink::Error> {
+        let mut nl = self.netlink()?;
+        let routes = read_routes(&mut nl)?;
+        let addresses = nl
+            .all_addresses()?
+            .into_iter()
+            .filter_map(|a| IpNet::new(a.ip, a.prefix).ok())
+            .collect();
+        let saved = match self.config.state_dir.as_deref().map(state::load) {
+            Some(Ok(saved)) => saved,
+            _ => None,
+        };
+        let kernel = KernelView { routes, addresses };
+        Ok((nl, FirstList::new(&self.config.node_name, saved, kernel)))
+    }
+
     /// Runs until `shutdown`; leaves the dataplane as it is on exit.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if !self.wait_for_caches(&mut shutdown).await {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let first_pages = self.first_list.take();
+        if !self.wait_for_caches(&mut shutdown, first_pages).await {
             return;
         }
         debug!(noderoutes = self.noderoutes.state().len(), "caches synced");

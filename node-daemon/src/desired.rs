@@ -632,7 +632,7 @@ pub fn rejection_keys(rejected: &[Rejection]) -> BTreeSet<(String, Option<IpNet>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use podnet_crds::{Masquerade, NodeRouteSpec, NodeRouteStatus, PodNetworkSpec};
 
@@ -649,7 +649,7 @@ mod tests {
         }
     }
 
-    fn nr_at(name: &str, ips: &[&str], cidrs: &[&str], allocated_at: i64) -> NodeRoute {
+    pub(crate) fn nr_at(name: &str, ips: &[&str], cidrs: &[&str], allocated_at: i64) -> NodeRoute {
         let mut n = NodeRoute::new(
             name,
             NodeRouteSpec {
@@ -666,11 +666,11 @@ mod tests {
         n
     }
 
-    fn nr(name: &str, ips: &[&str], cidrs: &[&str]) -> NodeRoute {
+    pub(crate) fn nr(name: &str, ips: &[&str], cidrs: &[&str]) -> NodeRoute {
         nr_at(name, ips, cidrs, 1_000)
     }
 
-    fn pn(cidrs: &[&str], nonmasq: &[&str], enabled: bool) -> PodNetwork {
+    pub(crate) fn pn(cidrs: &[&str], nonmasq: &[&str], enabled: bool) -> PodNetwork {
         PodNetwork::new(
             "default",
             PodNetworkSpec {

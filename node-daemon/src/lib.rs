@@ -3,6 +3,7 @@
 //! and the CNI config for podnet-cni, and reports `Programmed` on its NodeRoute.
 //!
 //! [`desired`] is pure; [`routes`], [`firewall`] and [`cniconf`] apply it;
+//! [`first_list`] adds routes from the first NodeRoute list's pages as they arrive;
 //! [`controller`] runs the loop.
 //!
 //! This crate must never watch or list Nodes (only NodeRoutes, PodNetworks, and for
@@ -13,6 +14,7 @@ pub mod cluster_policy;
 pub mod cniconf;
 pub mod controller;
 pub mod desired;
+pub mod first_list;
 /// The firewall drivers (the `podnet-firewall` crate, shared with podnet-cni).
 pub use podnet_firewall as firewall;
 pub mod policy;

@@ -282,10 +282,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-// Two workers: the reconcile pass blocks one in place (controller::off_runtime) while
-// the other serves the probes, metrics and watches.
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // One arena: the daemon's threads take turns more than they allocate at once.
+    podnet_common::limit_malloc_arenas(1);
+    // Two workers: the reconcile pass blocks one in place (controller::off_runtime)
+    // while the other serves the probes, metrics and watches.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(daemon_main())
+}
+
+async fn daemon_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log.format, &cli.log.level);
     match cli.command {

@@ -262,14 +262,15 @@ pub fn read_routes(table: &mut impl RouteTable) -> Result<Vec<Route>, podnet_net
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A routing table in memory that records every write.
     #[derive(Default)]
-    struct Fake {
-        routes: Vec<Route>,
-        writes: Vec<String>,
-        refuse: Option<IpAddr>,
+    pub(crate) struct Fake {
+        pub(crate) routes: Vec<Route>,
+        pub(crate) writes: Vec<String>,
+        pub(crate) refuse: Option<IpAddr>,
     }
 
     impl RouteTable for Fake {

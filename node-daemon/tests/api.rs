@@ -44,6 +44,10 @@ fn main() -> ExitCode {
                 "nftables_masquerade_updates_sets_only_and_backends_switch_cleanly",
                 nftables_masquerade,
             ),
+            ApiTest::new(
+                "routes_from_the_first_list_pages_never_cover_own_pods",
+                first_list_pages,
+            ),
         ],
     )
 }
@@ -735,6 +739,168 @@ async fn forged_statuses(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
         "deleting forged objects changed routes podnet does not own:\nbefore {before:#?}\nafter {after:#?}"
     );
     ensure!(ns.routes(false)?.contains("10.244.2.0/24 via 198.18.0.2"));
+    Ok(())
+}
+
+/// A daemon restarting on a node whose bridge holds its pods' gateway adds routes from
+/// the first pages of a long NodeRoute list, before the list is complete. A forged peer
+/// claiming this node's CIDR, listed before this node's own NodeRoute, never gets a
+/// route, not for an instant: every route notification of the namespace is checked.
+async fn first_list_pages(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt, stream};
+    use podnet_netlink::{Netlink, RouteChange};
+    require_root("the daemon tests")?;
+    let client = cp.client().await?;
+    let ns = NodeNs::new()?;
+    base(&client).await?;
+    for cmd in [
+        "link add podnet0 type bridge",
+        "link set podnet0 up",
+        "addr add 10.244.1.1/24 dev podnet0",
+        "addr add 198.19.0.1/16 dev lab0",
+    ] {
+        let mut args = vec!["ip", "-n", &ns.name];
+        args.extend(cmd.split(' '));
+        sh(&args)?;
+    }
+    // 1,200 peers in a second network: three pages of the daemon's list (500 each),
+    // all sorting before node-a, as does the forged one.
+    let big = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "PodNetwork", "metadata": {"name": "big"},
+        "spec": {"cidrs": ["10.128.0.0/12"], "nodeMaskSize": {"ipv4": 24, "ipv6": 64}}});
+    Api::<PodNetwork>::all(client.clone())
+        .patch(
+            "big",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(big),
+        )
+        .await?;
+    let api: Api<NodeRoute> = Api::all(client.clone());
+    const PEERS: usize = 1200;
+    stream::iter(0..PEERS)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("a-peer-{i:04}");
+                let nr = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": name},
+                    "spec": {"nodeName": name, "podNetwork": "big"}});
+                api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(nr))
+                    .await?;
+                let st = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": name},
+                    "status": {"nodeIPs": [format!("198.19.{}.{}", 1 + i / 250, 1 + i % 250)],
+                        "podCIDRs": [format!("10.{}.{}.0/24", 128 + i / 256, i % 256)],
+                        "conditions": [{"type": "Allocated", "status": "True", "reason": "Allocated",
+                            "message": "test", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                api.patch_status(&name, &PatchParams::apply("test-operator").force(), &Patch::Apply(st))
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    // The forged peer's network (wrongly) overlaps the default one with a longer mask:
+    // its /25 would take half of this node's pods' traffic from the bridge's /24.
+    let narrow = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "PodNetwork", "metadata": {"name": "narrow"},
+        "spec": {"cidrs": ["10.244.1.0/24"], "nodeMaskSize": {"ipv4": 25, "ipv6": 64}}});
+    Api::<PodNetwork>::all(client.clone())
+        .patch(
+            "narrow",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(narrow),
+        )
+        .await?;
+    let forged = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": "a-forged"},
+        "spec": {"nodeName": "a-forged", "podNetwork": "narrow"}});
+    api.patch(
+        "a-forged",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(forged),
+    )
+    .await?;
+    let st = json!({"apiVersion": "podnet.dev/v1alpha1", "kind": "NodeRoute", "metadata": {"name": "a-forged"},
+        "status": {"nodeIPs": ["198.18.0.7"], "podCIDRs": ["10.244.1.0/25"],
+            "conditions": [{"type": "Allocated", "status": "True", "reason": "Allocated",
+                "message": "test", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(
+        "a-forged",
+        &PatchParams::apply("test-operator").force(),
+        &Patch::Apply(st),
+    )
+    .await?;
+    // Every route the kernel adds in the namespace, from before the daemon starts.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let path = std::path::PathBuf::from(ns.path());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
+            let mut nl = Netlink::in_netns(&path)?;
+            nl.subscribe_routes()?;
+            nl.links()?; // the first request starts the subscribed connection
+            let _ = ready_tx.send(());
+            let mut added = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for c in nl.route_changes(Duration::from_millis(50))? {
+                    if let RouteChange::Added(r) = c {
+                        added.push(format!("{}/{} {:?}", r.dst, r.prefix, r.gateway));
+                    }
+                }
+            }
+            Ok(added)
+        })
+    };
+    ready_rx.recv().context("the route watcher did not start")?;
+    let _d = DaemonProc::start(&cp, &ns)?;
+    wait_for("every peer's route", Duration::from_secs(60), || {
+        let v4 = ns.routes(false)?;
+        Ok(v4.matches(" via 198.19.").count() == PEERS)
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let added = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the route watcher panicked"))??;
+    ensure!(
+        added.len() >= PEERS,
+        "only {} route notifications seen (socket overflow?)",
+        added.len()
+    );
+    let hijack: Vec<&String> = added
+        .iter()
+        .filter(|r| r.starts_with("10.244.1."))
+        .collect();
+    ensure!(
+        hijack.is_empty(),
+        "a peer route covered this node's pods: {hijack:?}"
+    );
+    let log = std::fs::read_to_string(cp.dir().join(format!("daemon-{}.log", ns.name)))?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("routes added while the first NodeRoute list arrived"))
+        .with_context(|| format!("no routes were added from the first list's pages:\n{log}"))?;
+    ensure!(!line.contains("added=0"), "{line}");
+    // The full pass then refuses the forged peer by its rule, as ever.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nr = api.get("node-a").await?;
+        let programmed = find_condition(
+            &nr.status.unwrap_or_default().conditions,
+            condition_type::PROGRAMMED,
+        )
+        .cloned();
+        if programmed
+            .as_ref()
+            .is_some_and(|c| c.message.contains("a-forged"))
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "node-a's Programmed does not name the forged peer: {programmed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(!ns.routes(false)?.contains("10.244.1.0/25"));
     Ok(())
 }
 

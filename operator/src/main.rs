@@ -55,8 +55,16 @@ struct Cli {
     log: LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // One arena per core: its runtime decodes watch events while it writes.
+    podnet_common::limit_malloc_arenas(2);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(operator_main())
+}
+
+async fn operator_main() -> anyhow::Result<()> {
     let args = Cli::parse();
     if args.renew_deadline >= args.lease_duration {
         Cli::command()

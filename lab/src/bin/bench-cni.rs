@@ -6,11 +6,16 @@
 //! scripts/build-cni.sh
 //! cargo build --release -p podnet-lab
 //! target/release/bench-cni [--pods 100] [--concurrent 32] [--plugin PATH] [--ref-dir /usr/lib/cni]
+//!     [--preload 0] [--harness direct|ip-netns] [--no-hostport] [--json results.jsonl]
 //! ```
 //!
-//! The program re-executes itself inside a node namespace it creates, so every plugin is
-//! exec'd directly (no `ip netns exec` per call). Pod namespaces are created outside the
-//! timed part. Medians, p90 and ratios are printed.
+//! The program re-executes itself inside a node namespace it creates. With the
+//! `direct` harness every plugin is exec'd directly there, as a runtime does; with
+//! `ip-netns` each is exec'd through `ip netns exec <node>` (a mount namespace, a sysfs
+//! remount and one more exec per call), and that path's own cost — `ip netns exec
+//! <node> true`, measured as often in the same run — is subtracted. `--preload N`
+//! attaches N pods with each plugin first (a node already holding N pods). Pod
+//! namespaces are created outside the timed part. Medians, p90 and ratios are printed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +29,11 @@ struct Opts {
     concurrent: usize,
     plugin: PathBuf,
     ref_dir: PathBuf,
+    preload: usize,
+    /// `Some(node)`: exec every plugin through `ip netns exec <node>`.
+    via_ip_netns: Option<String>,
+    hostport: bool,
+    json: Option<PathBuf>,
 }
 
 /// Times podnet-cni ADD and DEL against the reference bridge + host-local plugins and
@@ -46,18 +56,46 @@ struct Cli {
     /// The reference plugins (Debian's containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
     ref_dir: PathBuf,
+    /// Pods each plugin attaches before the measured ones (a node already holding them).
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// How plugins are exec'd: `direct` (as a runtime does) or `ip-netns` (through `ip
+    /// netns exec <node>`, that path's own cost measured and subtracted).
+    #[arg(long, default_value = "direct")]
+    harness: String,
+    /// Skip the hostPort part.
+    #[arg(long)]
+    no_hostport: bool,
+    /// Append the results as one JSON line to this file (for bench-report).
+    #[arg(long)]
+    json: Option<PathBuf>,
     /// Internal: run inside the benchmark's node namespace.
     #[arg(long, hide = true)]
     inner: bool,
+    /// Internal: the node namespace's name.
+    #[arg(long, hide = true)]
+    node: Option<String>,
 }
 
 fn opts() -> anyhow::Result<Opts> {
     let cli: Cli = clap::Parser::parse();
+    ensure!(
+        cli.harness == "direct" || cli.harness == "ip-netns",
+        "--harness is direct or ip-netns"
+    );
+    ensure!(
+        cli.pods + cli.preload < 1000,
+        "--pods plus --preload must stay under 1,000 (the pod CIDR is a /22)"
+    );
     let mut o = Opts {
         pods: cli.pods,
         concurrent: cli.concurrent,
         plugin: cli.plugin,
         ref_dir: cli.ref_dir,
+        preload: cli.preload,
+        via_ip_netns: (cli.harness == "ip-netns").then(|| cli.node.unwrap_or_default()),
+        hostport: !cli.no_hostport,
+        json: cli.json,
     };
     ensure!(
         o.plugin.is_file(),
@@ -89,6 +127,38 @@ fn invoke(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<Durat
     invoke_with(p, &p.conf, cmd, cid, netns).map(|(took, _)| took)
 }
 
+/// The node namespace to exec plugins through with `ip netns exec` (the ip-netns
+/// harness), set once at the start of the inner run.
+static VIA_IP_NETNS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The command that runs `bin`: itself, or `ip netns exec <node> bin`.
+fn command_for(bin: &std::path::Path) -> Command {
+    match VIA_IP_NETNS.get().cloned().flatten() {
+        Some(node) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &node]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// The harness's own cost per call: `true` exec'd the way plugins are, `n` times.
+fn harness_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let t = PathBuf::from("/bin/true");
+    (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            let st = command_for(&t)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .status()?;
+            ensure!(st.success(), "true failed");
+            Ok(start.elapsed())
+        })
+        .collect()
+}
+
 /// One exec of `p` with `conf` on stdin: its time and stdout.
 fn invoke_with(
     p: &Plugin,
@@ -98,7 +168,7 @@ fn invoke_with(
     netns: &str,
 ) -> anyhow::Result<(Duration, String)> {
     let start = Instant::now();
-    let mut child = Command::new(&p.bin)
+    let mut child = command_for(&p.bin)
         .env_clear()
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", cid)
@@ -198,8 +268,21 @@ impl Drop for Pods {
     }
 }
 
-/// Sequential and concurrent ADD/DEL latencies of one plugin.
+/// Sequential and concurrent ADD/DEL latencies of one plugin, on a node already
+/// holding `o.preload` of its pods (removed afterwards).
 fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
+    let held = Pods::new(&format!("{}h", p.label), o.preload)?;
+    for i in 0..o.preload {
+        invoke(p, "ADD", &format!("h{i}"), &held.path(i))?;
+    }
+    let result = measure_held(p, o);
+    for i in 0..o.preload {
+        invoke(p, "DEL", &format!("h{i}"), &held.path(i))?;
+    }
+    result
+}
+
+fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
     let pods = Pods::new(p.label, o.pods)?;
     let mut seq_add = Vec::new();
     let mut seq_del = Vec::new();
@@ -226,6 +309,9 @@ fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
                 .collect()
         })
     };
+    if o.concurrent == 0 {
+        return Ok([seq_add, seq_del, Vec::new(), Vec::new()]);
+    }
     let par_add = run_all("ADD")?;
     let par_del = run_all("DEL")?;
     Ok([seq_add, seq_del, par_add, par_del])
@@ -233,10 +319,26 @@ fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
 
 /// The kernel floor for DEL: `ip link del` of a veth pair like the plugins make — host
 /// end up on a bridge, pod end up in its own namespace.
-fn kernel_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+fn kernel_floor(n: usize, preload: usize) -> anyhow::Result<Vec<Duration>> {
     let pods = Pods::new("floor", n)?;
     sh(&["ip", "link", "add", "pnbfbr", "type", "bridge"])?;
     sh(&["ip", "link", "set", "pnbfbr", "up"])?;
+    // As many other ports on the bridge as the plugins' nodes hold pods.
+    for i in 0..preload {
+        let name = format!("pnbh{i}");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("pnbp{i}"),
+        ])?;
+        sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
+    }
     let mut out = Vec::new();
     for i in 0..n {
         let name = format!("pnbf{i}");
@@ -249,11 +351,15 @@ fn kernel_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
         sh(&["ip", "link", "del", &name])?;
         out.push(start.elapsed());
     }
+    for i in 0..preload {
+        sh(&["ip", "link", "del", &format!("pnbh{i}")])?;
+    }
     sh(&["ip", "link", "del", "pnbfbr"])?;
     Ok(out)
 }
 
 fn inner(o: &Opts) -> anyhow::Result<()> {
+    let _ = VIA_IP_NETNS.set(o.via_ip_netns.clone());
     sh(&["ip", "link", "set", "lo", "up"])?;
     // Both plugins keep their leases on tmpfs, as podnet does by default (/run).
     let dir = PathBuf::from(format!("/dev/shm/pnb-{}", std::process::id()));
@@ -263,7 +369,7 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
         bin: o.plugin.clone(),
         cni_path: o.plugin.parent().map(PathBuf::from).unwrap_or_default(),
         conf: serde_json::json!({"cniVersion": "1.0.0", "name": "podnet", "type": "podnet-cni", "bridge": "pnb0",
-            "podCIDRs": ["10.251.0.0/24"], "mtu": 1500, "dataDir": dir.join("podnet")}).to_string(),
+            "podCIDRs": ["10.251.0.0/22"], "mtu": 1500, "dataDir": dir.join("podnet")}).to_string(),
     };
     let reference = Plugin {
         label: "ref",
@@ -271,7 +377,7 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
         cni_path: o.ref_dir.clone(),
         conf: serde_json::json!({"cniVersion": "1.0.0", "name": "ref", "type": "bridge", "bridge": "refb0",
             "isGateway": true, "hairpinMode": true, "mtu": 1500,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/24"}]], "dataDir": dir.join("ref")}}).to_string(),
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/22"}]], "dataDir": dir.join("ref")}}).to_string(),
     };
     // Warm-up (page cache, bridge creation) outside the measurement.
     for p in [&reference, &podnet] {
@@ -281,36 +387,83 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
     }
     let [r_sa, r_sd, r_pa, r_pd] = measure(&reference, o)?;
     let [p_sa, p_sd, p_pa, p_pd] = measure(&podnet, o)?;
-    let mut floor = kernel_floor(o.pods)?;
+    let mut floor = kernel_floor(o.pods, o.preload)?;
+    // The ip-netns harness's own cost, subtracted from each plugin's median.
+    let harness = if o.via_ip_netns.is_some() {
+        let mut h = harness_floor(o.pods)?;
+        pct(&mut h, 0.5)
+    } else {
+        0.0
+    };
+    let mut rec = podnet_lab::bench::Record::new(
+        "bench-cni",
+        o.preload,
+        if o.via_ip_netns.is_some() {
+            "ip-netns"
+        } else {
+            "direct"
+        },
+    );
+    if harness > 0.0 {
+        println!(
+            "harness: ip netns exec <node> true, median {harness:.2} ms (subtracted from every median below)"
+        );
+        rec.set("harness_ms", vec![harness]);
+    }
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>10}",
         "median ms (p90)", "reference", "podnet", "ratio", ""
     );
-    for (name, mut r, mut p) in [
-        (format!("ADD, {} sequential", o.pods), r_sa, p_sa),
-        (format!("ADD, {} concurrent", o.concurrent), r_pa, p_pa),
+    for (key, name, mut r, mut p) in [
+        ("add", format!("ADD, {} sequential", o.pods), r_sa, p_sa),
         (
+            "add_concurrent",
+            format!("ADD, {} concurrent", o.concurrent),
+            r_pa,
+            p_pa,
+        ),
+        (
+            "del",
             format!("DEL, {} sequential", o.pods),
             r_sd.clone(),
             p_sd.clone(),
         ),
-        (format!("DEL, {} concurrent", o.concurrent), r_pd, p_pd),
+        (
+            "del_concurrent",
+            format!("DEL, {} concurrent", o.concurrent),
+            r_pd,
+            p_pd,
+        ),
     ] {
-        let (rm, pm) = (pct(&mut r, 0.5), pct(&mut p, 0.5));
+        if r.is_empty() {
+            continue;
+        }
+        let (rm, pm) = (pct(&mut r, 0.5) - harness, pct(&mut p, 0.5) - harness);
         println!(
             "{name:<28} {rm:>6.2} ({:>5.2}) {pm:>6.2} ({:>5.2}) {:>7.2}x",
-            pct(&mut r, 0.9),
-            pct(&mut p, 0.9),
+            pct(&mut r, 0.9) - harness,
+            pct(&mut p, 0.9) - harness,
             pm / rm
         );
+        let ms = |v: &[Duration]| v.iter().map(|d| d.as_secs_f64() * 1e3 - harness).collect();
+        rec.set(&format!("{key}_ref_ms"), ms(&r));
+        rec.set(&format!("{key}_podnet_ms"), ms(&p));
     }
     let fm = pct(&mut floor, 0.5);
     let mut p_sd = p_sd;
-    let pdm = pct(&mut p_sd, 0.5);
+    let pdm = pct(&mut p_sd, 0.5) - harness;
     println!(
         "kernel floor (ip link del of a veth, sequential): median {fm:.2} ms; podnet DEL / floor = {:.2}x",
         pdm / fm
     );
+    rec.set(
+        "del_floor_ms",
+        floor.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
+    );
+    rec.append_to(o.json.as_deref())?;
+    if !o.hostport {
+        return Ok(());
+    }
     mapped(o, &dir)?;
     Ok(())
 }
@@ -433,8 +586,34 @@ fn main() -> anyhow::Result<()> {
         o.plugin.display().to_string(),
         "--ref-dir".into(),
         o.ref_dir.display().to_string(),
+        "--preload".into(),
+        o.preload.to_string(),
+        "--harness".into(),
+        if o.via_ip_netns.is_some() {
+            "ip-netns"
+        } else {
+            "direct"
+        }
+        .into(),
+        "--node".into(),
+        node.clone(),
     ]);
-    let status = Command::new("ip").args(&args).status();
+    if !o.hostport {
+        args.push("--no-hostport".into());
+    }
+    if let Some(j) = &o.json {
+        args.extend([
+            "--json".into(),
+            std::path::absolute(j)?.display().to_string(),
+        ]);
+    }
+    let status = Command::new("ip")
+        .args(&args)
+        .env(
+            podnet_lab::bench::COMMAND_ENV,
+            podnet_lab::bench::command_line("bench-cni"),
+        )
+        .status();
     let _ = sh(&["ip", "netns", "del", &node]);
     ensure!(status?.success(), "the benchmark failed");
     Ok(())

@@ -5,12 +5,15 @@
 //! ```text
 //! cargo build --release -p podnet-operator -p podnet-lab
 //! target/release/bench-operator [--nodes 5000] [--runs 3] [--operator target/release/podnet-operator]
+//!     [--json results.jsonl]
 //! ```
 //!
 //! Every run gets a fresh control plane with the N Nodes already created; the clock
 //! starts when the floor client / the operator process starts and stops when every
-//! NodeRoute carries its CIDR. Reports each run, the medians, the ratio, and the
-//! operator's peak RSS (VmHWM).
+//! NodeRoute carries its CIDR. Two floors: the plain writes alone, and the same writes
+//! by a client that also lists and watches Nodes and NodeRoutes, decoding every event,
+//! as the operator must (the API server's and the client's share of those watches is in
+//! it). Reports each run, the medians, the ratios, and the operator's peak RSS (VmHWM).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -34,6 +37,7 @@ struct Opts {
     nodes: usize,
     runs: usize,
     operator: PathBuf,
+    json: Option<PathBuf>,
 }
 
 fn opts() -> anyhow::Result<Opts> {
@@ -48,6 +52,7 @@ fn opts() -> anyhow::Result<Opts> {
         nodes: cli.nodes,
         runs: cli.runs,
         operator: cli.operator,
+        json: cli.json,
     })
 }
 
@@ -65,6 +70,9 @@ struct Cli {
     /// The operator binary to measure.
     #[arg(long, default_value = "target/release/podnet-operator")]
     operator: PathBuf,
+    /// Append the results as one JSON line to this file (for bench-report).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
@@ -84,17 +92,25 @@ async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
         .map(|i| {
             let api = api.clone();
             async move {
-                let node: Node =
-                    serde_json::from_value(json!({"metadata": {"name": format!("node-{i}")}}))?;
-                api.create(&PostParams::default(), &node).await?;
+                // A Node keeps the status it is created with: one request per Node.
                 let ip = format!("198.18.{}.{}", i / 250, 1 + i % 250);
-                let st = json!({"status":{"addresses":[{"type":"InternalIP","address":ip}]}});
-                api.patch_status(
-                    &format!("node-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(st),
-                )
-                .await?;
+                let node: Node = serde_json::from_value(json!({
+                    "metadata": {"name": format!("node-{i}")},
+                    "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))?;
+                let created = api.create(&PostParams::default(), &node).await?;
+                let kept = created
+                    .status
+                    .and_then(|s| s.addresses)
+                    .is_some_and(|a| a.iter().any(|a| a.address == ip));
+                if !kept {
+                    let st = json!({"status":{"addresses":[{"type":"InternalIP","address":ip}]}});
+                    api.patch_status(
+                        &format!("node-{i}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(st),
+                    )
+                    .await?;
+                }
                 anyhow::Ok(())
             }
         })
@@ -128,10 +144,39 @@ async fn all_allocated(client: &Client, nodes: usize, deadline: Instant) -> anyh
     Ok(())
 }
 
-/// The floor: the same two writes per node, nothing else.
-async fn floor_run(client: &Client, nodes: usize) -> anyhow::Result<Duration> {
+/// Lists and watches `K` like a reflector, decoding every event, until dropped.
+async fn carry_watch<K>(client: Client) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (_store, writer) = kube::runtime::reflector::store::<K>();
+    let events = watcher(Api::<K>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    futures::pin_mut!(events);
+    while let Some(ev) = events.next().await {
+        ev?;
+    }
+    Ok(())
+}
+
+/// The floor: the same two writes per node; with `watches`, by a client that also
+/// caches Nodes and NodeRoutes from watches, as the operator does.
+async fn floor_run(client: &Client, nodes: usize, watches: bool) -> anyhow::Result<Duration> {
     let api: Api<NodeRoute> = Api::all(client.clone());
     let start = Instant::now();
+    let carried = watches.then(|| {
+        (
+            tokio::spawn(carry_watch::<Node>(client.clone())),
+            tokio::spawn(carry_watch::<NodeRoute>(client.clone())),
+        )
+    });
     let watched = all_allocated(client, nodes, start + Duration::from_secs(600));
     let writes = stream::iter(0..nodes)
         .map(|i| {
@@ -159,9 +204,14 @@ async fn floor_run(client: &Client, nodes: usize) -> anyhow::Result<Duration> {
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>();
     let (w, r) = tokio::join!(watched, writes);
+    let took = start.elapsed();
+    if let Some((a, b)) = carried {
+        a.abort();
+        b.abort();
+    }
     w?;
     r?;
-    Ok(start.elapsed())
+    Ok(took)
 }
 
 /// The operator: started as a process; done when a watch has seen every CIDR.
@@ -200,18 +250,17 @@ async fn operator_run(
     Ok((elapsed, hwm_kib))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = opts()?;
-    let (mut floor, mut op, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rec = podnet_lab::bench::Record::new("bench-operator", o.nodes, "");
     for run in 1..=o.runs {
+        let started = Instant::now();
         let (cp, client) = prepare(o.nodes).await?;
-        let f = floor_run(&client, o.nodes).await?;
+        let f = floor_run(&client, o.nodes, false).await?;
+        drop(cp);
+        let (cp, client) = prepare(o.nodes).await?;
+        let fw = floor_run(&client, o.nodes, true).await?;
         drop(cp);
         let (cp, client) = prepare(o.nodes).await?;
         let (t, hwm) = operator_run(&cp, &client, o.nodes, &o.operator).await?;
@@ -219,22 +268,33 @@ async fn main() -> anyhow::Result<()> {
             let _ = std::fs::copy(cp.dir().join("operator.log"), dir);
         }
         drop(cp);
+        let (f, fw, t) = (f.as_secs_f64(), fw.as_secs_f64(), t.as_secs_f64());
         println!(
-            "run {run}: floor {:.2} s, operator {:.2} s, operator peak RSS {:.1} MiB",
-            f.as_secs_f64(),
-            t.as_secs_f64(),
-            hwm as f64 / 1024.0
+            "run {run}/{}: floor {f:.2} s, floor with watches {fw:.2} s, operator {t:.2} s ({:.2}x, {:.2}x), peak RSS {:.1} MiB [{:.0} s]",
+            o.runs,
+            t / f,
+            t / fw,
+            hwm as f64 / 1024.0,
+            started.elapsed().as_secs_f64()
         );
-        floor.push(f.as_secs_f64());
-        op.push(t.as_secs_f64());
-        rss.push(hwm as f64 / 1024.0);
+        rec.push("floor_s", f);
+        rec.push("floor_watches_s", fw);
+        rec.push("operator_s", t);
+        rec.push("ratio", t / f);
+        rec.push("ratio_watches", t / fw);
+        rec.push("rss_mib", hwm as f64 / 1024.0);
     }
-    let (mf, mo) = (median(floor), median(op));
+    let m = |k: &str| podnet_lab::bench::spread(&rec.series[k]).0;
     println!(
-        "nodes {}: median floor {mf:.2} s, median operator {mo:.2} s, ratio {:.2}x, peak RSS max {:.1} MiB",
+        "nodes {}: median floor {:.2} s, with watches {:.2} s, operator {:.2} s; ratio of medians {:.2}x ({:.2}x to the floor with watches), peak RSS max {:.1} MiB",
         o.nodes,
-        mo / mf,
-        rss.iter().cloned().fold(0.0, f64::max)
+        m("floor_s"),
+        m("floor_watches_s"),
+        m("operator_s"),
+        m("operator_s") / m("floor_s"),
+        m("operator_s") / m("floor_watches_s"),
+        podnet_lab::bench::spread(&rec.series["rss_mib"]).2
     );
+    rec.append_to(o.json.as_deref())?;
     Ok(())
 }
