@@ -20,6 +20,9 @@ pub struct Record {
     pub variant: String,
     /// The command line that produced it.
     pub command: String,
+    /// When it was measured (UTC, RFC 3339).
+    #[serde(default)]
+    pub at: String,
     /// Each measured quantity, one value per run (or per invocation), unit in its name.
     pub series: BTreeMap<String, Vec<f64>>,
 }
@@ -55,6 +58,9 @@ impl Record {
             size,
             variant: variant.into(),
             command,
+            at: k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%d %H:%M UTC")
+                .to_string(),
             series: BTreeMap::new(),
         }
     }

@@ -10,7 +10,8 @@
 //!
 //! Every run gets a fresh control plane with the N Nodes already created; the clock
 //! starts when the floor client / the operator process starts and stops when every
-//! NodeRoute carries its CIDR. Two floors: the plain writes alone, and the same writes
+//! NodeRoute carries its CIDR. Two floors: the plain writes alone (the same objects the
+//! operator writes: owner reference, status with its two conditions), and the same writes
 //! by a client that also lists and watches Nodes and NodeRoutes, decoding every event,
 //! as the operator must (the API server's and the client's share of those watches is in
 //! it). Reports each run, the medians, the ratios, and the operator's peak RSS (VmHWM).
@@ -75,7 +76,8 @@ struct Cli {
     json: Option<PathBuf>,
 }
 
-async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
+/// A fresh control plane with the PodNetwork and `nodes` Nodes; also each Node's uid.
+async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client, Vec<String>)> {
     let cp = start_with_crds().await?;
     let client = cp.client().await?;
     let pn = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"PodNetwork","metadata":{"name":"default"},
@@ -88,7 +90,7 @@ async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
         )
         .await?;
     let api: Api<Node> = Api::all(client.clone());
-    stream::iter(0..nodes)
+    let made = stream::iter(0..nodes)
         .map(|i| {
             let api = api.clone();
             async move {
@@ -98,6 +100,7 @@ async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
                     "metadata": {"name": format!("node-{i}")},
                     "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))?;
                 let created = api.create(&PostParams::default(), &node).await?;
+                let uid = created.metadata.uid.clone().unwrap_or_default();
                 let kept = created
                     .status
                     .and_then(|s| s.addresses)
@@ -111,13 +114,17 @@ async fn prepare(nodes: usize) -> anyhow::Result<(ControlPlane, Client)> {
                     )
                     .await?;
                 }
-                anyhow::Ok(())
+                anyhow::Ok((i, uid))
             }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
-    Ok((cp, client))
+    let mut uids = vec![String::new(); nodes];
+    for (i, uid) in made {
+        uids[i] = uid;
+    }
+    Ok((cp, client, uids))
 }
 
 /// Resolves when a watch has seen a CIDR in every one of `nodes` NodeRoutes. Both sides
@@ -166,9 +173,12 @@ where
     Ok(())
 }
 
-/// The floor: the same two writes per node; with `watches`, by a client that also
-/// caches Nodes and NodeRoutes from watches, as the operator does.
-async fn floor_run(client: &Client, nodes: usize, watches: bool) -> anyhow::Result<Duration> {
+/// The floor: the same two writes per node as the operator's, carrying the same content
+/// (the owner reference to the Node on create; the node IP, the CIDR and the
+/// `Allocated` and `NodeIPsValid` conditions in the status); with `watches`, by a
+/// client that also caches Nodes and NodeRoutes from watches, as the operator does.
+async fn floor_run(client: &Client, uids: &[String], watches: bool) -> anyhow::Result<Duration> {
+    let nodes = uids.len();
     let api: Api<NodeRoute> = Api::all(client.clone());
     let start = Instant::now();
     let carried = watches.then(|| {
@@ -185,13 +195,24 @@ async fn floor_run(client: &Client, nodes: usize, watches: bool) -> anyhow::Resu
                 let name = format!("node-{i}");
                 let nr: NodeRoute = serde_json::from_value(
                     json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute",
-                    "metadata":{"name":name},"spec":{"nodeName":name,"podNetwork":"default"}}),
+                    "metadata":{"name":name,"ownerReferences":[{"apiVersion":"v1","kind":"Node",
+                        "name":name,"uid":uids[i],"controller":true}]},
+                    "spec":{"nodeName":name,"podNetwork":"default"}}),
                 )?;
                 let created = api.create(&PostParams::default(), &nr).await?;
+                let ip = format!("198.18.{}.{}", i / 250, 1 + i % 250);
+                let cidr = format!("10.{}.{}.0/24", i / 256, i % 256);
+                let now = "2026-01-01T00:00:00Z";
                 let st = json!({"apiVersion":"podnet.dev/v1alpha1","kind":"NodeRoute",
                     "metadata":{"name":name,"resourceVersion":created.resource_version()},
-                    "status":{"nodeIPs":[format!("198.18.{}.{}", i / 250, 1 + i % 250)],
-                              "podCIDRs":[format!("10.{}.{}.0/24", i / 256, i % 256)]}});
+                    "status":{"nodeIPs":[ip],"podCIDRs":[cidr],"observedGeneration":1,
+                        "conditions":[
+                            {"type":"Allocated","status":"True","reason":"Allocated",
+                             "message":format!("{cidr} from PodNetwork default"),
+                             "lastTransitionTime":now,"observedGeneration":1},
+                            {"type":"NodeIPsValid","status":"True","reason":"Valid",
+                             "message":format!("peers route this node's pods through {ip}"),
+                             "lastTransitionTime":now,"observedGeneration":1}]}});
                 api.patch_status(
                     &name,
                     &PatchParams::apply("bench").force(),
@@ -256,13 +277,13 @@ async fn main() -> anyhow::Result<()> {
     let mut rec = podnet_lab::bench::Record::new("bench-operator", o.nodes, "");
     for run in 1..=o.runs {
         let started = Instant::now();
-        let (cp, client) = prepare(o.nodes).await?;
-        let f = floor_run(&client, o.nodes, false).await?;
+        let (cp, client, uids) = prepare(o.nodes).await?;
+        let f = floor_run(&client, &uids, false).await?;
         drop(cp);
-        let (cp, client) = prepare(o.nodes).await?;
-        let fw = floor_run(&client, o.nodes, true).await?;
+        let (cp, client, uids) = prepare(o.nodes).await?;
+        let fw = floor_run(&client, &uids, true).await?;
         drop(cp);
-        let (cp, client) = prepare(o.nodes).await?;
+        let (cp, client, _) = prepare(o.nodes).await?;
         let (t, hwm) = operator_run(&cp, &client, o.nodes, &o.operator).await?;
         if let Ok(dir) = std::env::var("BENCH_KEEP_LOG") {
             let _ = std::fs::copy(cp.dir().join("operator.log"), dir);
