@@ -284,7 +284,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     // One arena: the daemon's threads take turns more than they allocate at once.
-    podnet_common::limit_malloc_arenas(1);
+    podnet_common::tune_malloc(1);
     // Two workers: the reconcile pass blocks one in place (controller::off_runtime)
     // while the other serves the probes, metrics and watches.
     tokio::runtime::Builder::new_multi_thread()

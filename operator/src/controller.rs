@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
@@ -35,7 +34,10 @@ use crate::events::Announcer;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::network::evaluate_networks;
-use crate::plan::{PlanConfig, Snapshot, SyncState, needs_allocation, plan, status_cidrs};
+use crate::node::{self, NodeFacts};
+use crate::plan::{
+    OWN_CONDITIONS, PlanConfig, Snapshot, SyncState, needs_allocation, plan, status_cidrs,
+};
 use crate::writer::Writer;
 pub use crate::writer::{Error, FIELD_MANAGER};
 
@@ -52,6 +54,9 @@ pub struct ControllerConfig {
     /// How long a released node CIDR is held back from other nodes (pods with addresses
     /// from it may still run).
     pub quarantine: Duration,
+    /// NodeRoutes per page of the list each leadership term starts from (a new leader
+    /// never holds the whole list at once).
+    pub list_page: u32,
 }
 
 impl Default for ControllerConfig {
@@ -61,6 +66,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(60),
             set_node_pod_cidrs: false,
             quarantine: Duration::from_secs(300),
+            list_page: 500,
         }
     }
 }
@@ -68,7 +74,7 @@ impl Default for ControllerConfig {
 /// The operator: caches, leadership, and what it reports.
 pub struct Operator {
     client: Client,
-    nodes: Store<Node>,
+    nodes: Store<NodeFacts>,
     noderoutes: Store<NodeRoute>,
     networks: Store<PodNetwork>,
     notify: Arc<Notify>,
@@ -79,30 +85,29 @@ pub struct Operator {
     config: ControllerConfig,
 }
 
-/// Keeps only what the operator reads from a Node (name, uid, labels, addresses): at
-/// thousands of nodes the rest (images, conditions, managed fields) dominates memory.
-fn strip_node(node: &mut Node) {
-    let addresses = node.status.take().and_then(|s| s.addresses);
-    node.status = Some(NodeStatus {
-        addresses,
-        ..Default::default()
-    });
-    // Only spec.podCIDRs is read (for the optional copy into it).
-    node.spec = node
-        .spec
-        .take()
-        .map(|spec| k8s_openapi::api::core::v1::NodeSpec {
-            pod_cidrs: spec.pod_cidrs,
-            ..Default::default()
-        });
-    node.metadata.managed_fields = None;
-    node.metadata.annotations = None;
-}
-
 fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
     obj.meta_mut().annotations = None;
 }
+
+/// Keeps what planning reads of a NodeRoute: its owner reference, labels, the daemon's
+/// conditions and firewall are never read (writes carry only the operator's own
+/// conditions, and a conflict is settled from a fresh GET, not from the cache).
+fn strip_noderoute(nr: &mut NodeRoute) {
+    strip_meta(nr);
+    nr.metadata.owner_references = None;
+    nr.metadata.labels = None;
+    if let Some(status) = nr.status.as_mut() {
+        status
+            .conditions
+            .retain(|c| OWN_CONDITIONS.contains(&c.type_.as_str()));
+        status.firewall = None;
+    }
+}
+
+/// Passes of at least this many writes are large: the memory their plan took goes
+/// back to the kernel once they are done.
+const LARGE_PASS: usize = 256;
 
 impl Operator {
     /// Starts the watches; the loop itself runs in [`Operator::run`].
@@ -117,14 +122,14 @@ impl Operator {
         let notify = Arc::new(Notify::new());
         let client = clients.request;
         let nodes = spawn_reflector(
-            Api::<Node>::all(clients.watch.clone()),
+            Api::<NodeFacts>::all(clients.watch.clone()),
             Arc::clone(&notify),
-            strip_node,
+            node::keep,
         );
         let noderoutes = spawn_reflector(
             Api::<NodeRoute>::all(clients.watch.clone()),
             Arc::clone(&notify),
-            strip_meta,
+            strip_noderoute,
         );
         let networks = spawn_reflector(
             Api::<PodNetwork>::all(clients.watch),
@@ -170,6 +175,8 @@ impl Operator {
             _ = shutdown.changed() => return,
         }
         self.health.set_ready(true);
+        // The first lists' pages are decoded and gone: only the caches stay.
+        podnet_common::release_free_memory();
         info!("caches synced");
         let mut state = SyncState::default();
         let mut leader_changes = self.leadership.subscribe();
@@ -217,8 +224,6 @@ impl Operator {
     /// Rebuilds the allocator from a fresh LIST and fences NodeRoutes without a CIDR.
     #[instrument(skip(self, state))]
     async fn start_term(&self, state: &mut SyncState, term: u64) -> Result<(), Error> {
-        let api: Api<NodeRoute> = Api::all(self.client.clone());
-        let list = api.list(&ListParams::default()).await?;
         // PodNetworks fresh too: their status holds the served CIDRs and the quarantine.
         let networks = Api::<PodNetwork>::all(self.client.clone())
             .list(&ListParams::default())
@@ -228,12 +233,29 @@ impl Operator {
         for v in &views {
             allocator.set_network(&v.name, v.pools.clone());
         }
-        for nr in &list.items {
-            allocator.restore(
-                &nr.name_any(),
-                nr.spec.pod_network.as_deref(),
-                &status_cidrs(nr),
-            );
+        // The NodeRoutes page by page: each restores its node's holdings, and only
+        // those still lacking a CIDR are kept (to be fenced), so a new leader of a large
+        // cluster never holds the whole list at once. A page whose continue token
+        // expired (410) fails the term's start, which is retried.
+        let api: Api<NodeRoute> = Api::all(self.client.clone());
+        let mut to_fence: Vec<NodeRoute> = Vec::new();
+        let mut params = ListParams::default().limit(self.config.list_page);
+        loop {
+            let page = api.list(&params).await?;
+            for nr in page.items {
+                allocator.restore(
+                    &nr.name_any(),
+                    nr.spec.pod_network.as_deref(),
+                    &status_cidrs(&nr),
+                );
+                if needs_allocation(&nr, &allocator, &views) {
+                    to_fence.push(nr);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
         }
         for pn in &networks.items {
             let Some(status) = &pn.status else { continue };
@@ -253,11 +275,6 @@ impl Operator {
                 }
             }
         }
-        let to_fence: Vec<NodeRoute> = list
-            .items
-            .into_iter()
-            .filter(|nr| needs_allocation(nr, &allocator, &views))
-            .collect();
         let fenced = stream::iter(to_fence)
             .map(|nr| self.writer.fence(nr))
             .buffer_unordered(self.config.concurrency)
@@ -285,17 +302,24 @@ impl Operator {
     /// the outcomes back in.
     async fn sync_once(&self, state: &mut SyncState) {
         let started = Instant::now();
-        let snapshot = Snapshot::new(
-            Timestamp::now(),
-            self.nodes.state(),
-            self.noderoutes.state(),
-            self.networks.state(),
-        );
         let config = PlanConfig {
             quarantine: self.config.quarantine,
             set_node_pod_cidrs: self.config.set_node_pod_cidrs,
         };
-        let plan = plan(&snapshot, state, &config);
+        let plan = {
+            let snapshot = Snapshot::new(
+                Timestamp::now(),
+                self.nodes.state(),
+                self.noderoutes.state(),
+                self.networks.state(),
+            );
+            plan(&snapshot, state, &config)
+        };
+        let large = plan.jobs.len() >= LARGE_PASS;
+        if large {
+            // The snapshot's maps and the address choices are gone; the jobs stay.
+            podnet_common::release_free_memory();
+        }
         for q in &plan.expired {
             info!(node = %q.node, cidr = %q.cidr, "quarantine over: the CIDR can go to any node");
         }
@@ -330,6 +354,9 @@ impl Operator {
         let now = Timestamp::now();
         for outcome in outcomes {
             state.fold(outcome, now);
+        }
+        if large {
+            podnet_common::release_free_memory();
         }
         self.count(state);
         debug!(

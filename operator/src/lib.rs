@@ -14,5 +14,6 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod network;
+pub mod node;
 pub mod plan;
 pub mod writer;

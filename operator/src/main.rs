@@ -44,6 +44,9 @@ struct Cli {
     /// API writes in flight at once.
     #[arg(long, env = "PODNET_CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
+    /// NodeRoutes per page of the list each leadership term starts from.
+    #[arg(long, env = "PODNET_LIST_PAGE_SIZE", default_value_t = 500)]
+    list_page_size: u32,
     /// Also copy each node's CIDRs into an empty Node.spec.podCIDRs (needs patch on
     /// nodes).
     #[arg(long, env = "PODNET_SET_NODE_POD_CIDRS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -57,7 +60,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     // One arena per core: its runtime decodes watch events while it writes.
-    podnet_common::limit_malloc_arenas(2);
+    podnet_common::tune_malloc(2);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -115,6 +118,7 @@ async fn operator_main() -> anyhow::Result<()> {
         &lease.identity,
         ControllerConfig {
             concurrency: args.concurrency.max(1),
+            list_page: args.list_page_size.max(1),
             set_node_pod_cidrs: args.set_node_pod_cidrs,
             quarantine: args.cidr_quarantine,
             ..Default::default()

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use podnet_crds::PodNetwork;
 
 use crate::allocator::{Family, NetworkPools};
+use crate::node::NodeFacts;
 
 /// A PodNetwork as the operator sees it: parsed, and judged usable or not.
 #[derive(Clone, Debug)]
@@ -137,13 +137,8 @@ pub fn choose_network<'a>(
 
 /// The addresses peers reach a node at: per family, the first InternalIP, else the first
 /// ExternalIP; IPv4 first. Unparsable addresses are ignored.
-pub fn node_ips(node: &Node) -> Vec<String> {
-    let addresses = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+pub fn node_ips(node: &NodeFacts) -> Vec<String> {
+    let addresses = &node.addresses;
     let mut out = Vec::new();
     for family in [Family::V4, Family::V6] {
         let pick = |kind: &str| {
@@ -298,7 +293,7 @@ pub fn choose_node_ips(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+    use k8s_openapi::api::core::v1::NodeAddress;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
     use k8s_openapi::jiff::Timestamp;
     use podnet_crds::PodNetworkSpec;
@@ -411,20 +406,17 @@ mod tests {
             type_: t.into(),
             address: a.into(),
         };
-        let node = Node {
-            status: Some(NodeStatus {
-                addresses: Some(vec![
-                    addr("Hostname", "n1"),
-                    addr("ExternalIP", "203.0.113.9"),
-                    addr("ExternalIP", "2001:db8::9"),
-                    addr("InternalIP", "198.18.0.2"),
-                    addr("InternalIP", "not-an-ip"),
-                ]),
-                ..Default::default()
-            }),
+        let node = NodeFacts {
+            addresses: vec![
+                addr("Hostname", "n1"),
+                addr("ExternalIP", "203.0.113.9"),
+                addr("ExternalIP", "2001:db8::9"),
+                addr("InternalIP", "198.18.0.2"),
+                addr("InternalIP", "not-an-ip"),
+            ],
             ..Default::default()
         };
         assert_eq!(node_ips(&node), vec!["198.18.0.2", "2001:db8::9"]);
-        assert!(node_ips(&Node::default()).is_empty());
+        assert!(node_ips(&NodeFacts::default()).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
@@ -26,6 +26,7 @@ use crate::network::{
     NetworkView, NodeAddresses, NodeIpChoice, choose_network, choose_node_ips, evaluate_networks,
     node_ips,
 };
+use crate::node::NodeFacts;
 
 /// The NodeRoute conditions the operator owns.
 pub(crate) const OWN_CONDITIONS: [&str; 2] =
@@ -37,7 +38,7 @@ pub struct Snapshot {
     /// The pass's clock (quarantine ends are measured against it).
     pub now: Timestamp,
     /// Nodes by name.
-    pub nodes: BTreeMap<String, Arc<Node>>,
+    pub nodes: BTreeMap<String, Arc<NodeFacts>>,
     /// NodeRoutes by name.
     pub noderoutes: BTreeMap<String, Arc<NodeRoute>>,
     /// Every PodNetwork.
@@ -48,7 +49,7 @@ impl Snapshot {
     /// A snapshot of these objects, taken at `now`.
     pub fn new(
         now: Timestamp,
-        nodes: impl IntoIterator<Item = Arc<Node>>,
+        nodes: impl IntoIterator<Item = Arc<NodeFacts>>,
         noderoutes: impl IntoIterator<Item = Arc<NodeRoute>>,
         networks: impl IntoIterator<Item = Arc<PodNetwork>>,
     ) -> Self {
@@ -161,8 +162,9 @@ pub enum Job {
     NetworkStatus {
         /// PodNetwork name.
         name: String,
-        /// The desired status.
-        status: PodNetworkStatus,
+        /// The desired status (boxed: it is large, and every job in a pass's list of
+        /// thousands would take its size).
+        status: Box<PodNetworkStatus>,
         /// The PodNetwork as planned from (its status is the "before" of events).
         pn: Arc<PodNetwork>,
     },
@@ -421,11 +423,7 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
             &views,
             &mut waiting,
         );
-        let node_cidrs = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_cidrs.clone())
-            .unwrap_or_default();
+        let node_cidrs = &node.pod_cidrs;
         let allocated = condition_is(&desired.conditions, ALLOCATED, ConditionStatus::True);
         if config.set_node_pod_cidrs
             && node_cidrs.is_empty()
@@ -465,7 +463,7 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
         if !same_network_status(&previous, &desired) {
             jobs.push(Job::NetworkStatus {
                 name: view.name.clone(),
-                status: desired,
+                status: Box::new(desired),
                 pn: Arc::clone(pn),
             });
         }
@@ -872,7 +870,7 @@ impl SyncState {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+    use k8s_openapi::api::core::v1::NodeAddress;
     use kube::api::ObjectMeta;
     use podnet_crds::{NodeRouteSpec, PodNetworkSpec, find_condition};
 
@@ -891,20 +889,17 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn node(name: &str, ip: &str) -> Arc<Node> {
-        Arc::new(Node {
+    fn node(name: &str, ip: &str) -> Arc<NodeFacts> {
+        Arc::new(NodeFacts {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 uid: Some(format!("uid-{name}")),
                 ..Default::default()
             },
-            status: Some(NodeStatus {
-                addresses: Some(vec![NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: ip.into(),
-                }]),
-                ..Default::default()
-            }),
+            addresses: vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip.into(),
+            }],
             ..Default::default()
         })
     }

@@ -511,8 +511,11 @@ async fn killed_mid_way(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
 async fn two_replicas(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     let client = cp.client().await?;
     apply_json(&client, DUAL).await?;
-    let mut a = OperatorProc::start(&cp, "replica-a")?;
-    let mut b = OperatorProc::start(&cp, "replica-b")?;
+    // Small list pages: the replica that takes over rebuilds its allocator from four
+    // pages of NodeRoutes (a page lost would hand the late nodes taken CIDRs).
+    let pages = [("PODNET_LIST_PAGE_SIZE", "40")];
+    let mut a = OperatorProc::start_with_env(&cp, "replica-a", "127.0.0.1:0", &pages)?;
+    let mut b = OperatorProc::start_with_env(&cp, "replica-b", "127.0.0.1:0", &pages)?;
     let nodes = names("node", 0..150);
     create_nodes(&client, &nodes, &BTreeMap::new()).await?;
     wait_allocated(&client, &nodes, 2, Duration::from_secs(60)).await?;

@@ -39,6 +39,7 @@ struct Opts {
     runs: usize,
     operator: PathBuf,
     json: Option<PathBuf>,
+    operator_only: bool,
 }
 
 fn opts() -> anyhow::Result<Opts> {
@@ -54,6 +55,7 @@ fn opts() -> anyhow::Result<Opts> {
         runs: cli.runs,
         operator: cli.operator,
         json: cli.json,
+        operator_only: cli.operator_only,
     })
 }
 
@@ -74,6 +76,10 @@ struct Cli {
     /// Append the results as one JSON line to this file (for bench-report).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run only the operator (no floors, no ratios, no JSON record): for profiling it,
+    /// e.g. with `--operator` naming a wrapper that starts it under heaptrack.
+    #[arg(long)]
+    operator_only: bool,
 }
 
 /// A fresh control plane with the PodNetwork and `nodes` Nodes; also each Node's uid.
@@ -277,6 +283,18 @@ async fn main() -> anyhow::Result<()> {
     let mut rec = podnet_lab::bench::Record::new("bench-operator", o.nodes, "");
     for run in 1..=o.runs {
         let started = Instant::now();
+        if o.operator_only {
+            let (cp, client, _) = prepare(o.nodes).await?;
+            let (t, hwm) = operator_run(&cp, &client, o.nodes, &o.operator).await?;
+            println!(
+                "run {run}/{}: operator {:.2} s, peak RSS {:.1} MiB [{:.0} s]",
+                o.runs,
+                t.as_secs_f64(),
+                hwm as f64 / 1024.0,
+                started.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         let (cp, client, uids) = prepare(o.nodes).await?;
         let f = floor_run(&client, &uids, false).await?;
         drop(cp);
@@ -304,6 +322,9 @@ async fn main() -> anyhow::Result<()> {
         rec.push("ratio", t / f);
         rec.push("ratio_watches", t / fw);
         rec.push("rss_mib", hwm as f64 / 1024.0);
+    }
+    if o.operator_only {
+        return Ok(());
     }
     let m = |k: &str| podnet_lab::bench::spread(&rec.series[k]).0;
     println!(
