@@ -9,7 +9,8 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
 /// Starts a watch of `api` into a cache; every change (and every error, after which the
@@ -31,12 +32,16 @@ where
 /// Like [`spawn_reflector`], and also sends each object of the *first* list to
 /// `first_list` as its page arrives (the cache itself shows the list only once it is
 /// complete). The sender is dropped when that list is complete, which ends the
-/// receiver's stream; later re-lists (after a watch error) are not sent.
+/// receiver's stream; later re-lists (after a watch error) are not sent. The channel
+/// is bounded and never waited on: when its reader falls behind and it fills, the
+/// sender is dropped there and then (the reader gets what is queued, then the end), so
+/// a slow reader costs at most the channel's capacity in memory and never holds up
+/// the cache.
 pub fn spawn_reflector_with_first_list<K>(
     api: Api<K>,
     notify: Arc<Notify>,
     modify: fn(&mut K),
-    first_list: UnboundedSender<K>,
+    first_list: Sender<K>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -54,7 +59,7 @@ fn reflect<K>(
     api: Api<K>,
     notify: Arc<Notify>,
     modify: fn(&mut K),
-    mut first_list: Option<UnboundedSender<K>>,
+    mut first_list: Option<Sender<K>>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -96,10 +101,15 @@ where
                     }
                     match ev {
                         watcher::Event::InitApply(obj) => {
-                            if let Some(tx) = &first_list
-                                && tx.send(obj).is_err()
-                            {
-                                first_list = None;
+                            if let Some(tx) = &first_list {
+                                match tx.try_send(obj) {
+                                    Ok(()) => {}
+                                    Err(TrySendError::Full(_)) => {
+                                        debug!(%kind, "the first list's reader fell behind; the complete list takes over");
+                                        first_list = None;
+                                    }
+                                    Err(TrySendError::Closed(_)) => first_list = None,
+                                }
                             }
                         }
                         watcher::Event::InitDone => first_list = None,

@@ -34,7 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::{Receiver, channel};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
@@ -50,6 +50,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::cluster_policy::ClusterNetworkPolicy;
 use podnet_firewall::policy::PolicyPlan;
+
+/// NodeRoutes of the first list queued for the head start at most (about 1.5 KiB each).
+const FIRST_LIST_QUEUE: usize = 2048;
 
 /// The field manager of the daemon's status writes.
 pub const FIELD_MANAGER: &str = "podnet-daemon";
@@ -340,7 +343,7 @@ pub struct Daemon {
     firewall: std::sync::Mutex<Option<Box<dyn NatTable + Send>>>,
     noderoutes: Store<NodeRoute>,
     /// The first NodeRoute list, page by page as it arrives (taken by `run`).
-    first_list: Option<UnboundedReceiver<NodeRoute>>,
+    first_list: Option<Receiver<NodeRoute>>,
     networks: Store<PodNetwork>,
     /// Pods, Namespaces and NetworkPolicies (network policy on).
     policy_inputs: Option<PolicyInputs>,
@@ -386,7 +389,10 @@ impl Daemon {
         metrics: DaemonMetrics,
     ) -> Self {
         let notify = Arc::new(Notify::new());
-        let (first_list, first_pages) = unbounded_channel();
+        // At most this many NodeRoutes wait for the kernel: where it adds routes slower
+        // than the list arrives (20,000 routes took 9–25 s on one kernel, their list
+        // 1–2 s), an unbounded queue held nearly the whole list beside the cache.
+        let (first_list, first_pages) = channel(FIRST_LIST_QUEUE);
         let policy_inputs = config.network_policy.then(|| PolicyInputs {
             pods: spawn_reflector(
                 Api::all(clients.watch.clone()),
@@ -448,7 +454,7 @@ impl Daemon {
     async fn wait_for_caches(
         &self,
         shutdown: &mut watch::Receiver<bool>,
-        first_pages: Option<UnboundedReceiver<NodeRoute>>,
+        first_pages: Option<Receiver<NodeRoute>>,
     ) -> bool {
         let synced = async {
             let _ = self.noderoutes.wait_until_ready().await;
@@ -514,7 +520,7 @@ impl Daemon {
 
     /// Adds the routes of each page of the first NodeRoute list as it arrives (add
     /// only, see [`FirstList`]), until the list is complete.
-    async fn first_list_routes(&self, pages: Option<UnboundedReceiver<NodeRoute>>) {
+    async fn first_list_routes(&self, pages: Option<Receiver<NodeRoute>>) {
         let Some(mut pages) = pages else {
             return;
         };
