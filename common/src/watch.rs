@@ -13,18 +13,36 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
-/// Starts a watch of `api` into a cache; every change (and every error, after which the
-/// watch retries with [`WatchBackoff`] while the cache keeps its content) wakes `notify`.
-/// `modify` trims each object before it is cached.
-pub fn spawn_reflector<K>(api: Api<K>, notify: Arc<Notify>, modify: fn(&mut K)) -> Store<K>
-where
+/// What a watched cache can hold: a cluster-wide or namespaced API object that decodes
+/// from JSON and moves between tasks.
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
+{
+}
+
+/// Starts a watch of `api` into a cache; every change (and every error, after which the
+/// watch retries with [`WatchBackoff`] while the cache keeps its content) wakes `notify`.
+/// `modify` trims each object before it is cached.
+pub fn spawn_reflector<K>(api: Api<K>, notify: Arc<Notify>, modify: fn(&mut K)) -> Store<K>
+where
+    K: Watched,
 {
     reflect(api, notify, modify, None)
 }
@@ -44,13 +62,7 @@ pub fn spawn_reflector_with_first_list<K>(
     first_list: Sender<K>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     reflect(api, notify, modify, Some(first_list))
 }
@@ -62,13 +74,7 @@ fn reflect<K>(
     mut first_list: Option<Sender<K>>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (store, writer) = reflector::store();
     let events = watcher(
