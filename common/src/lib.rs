@@ -14,7 +14,7 @@ pub use client::{
 pub use http::{Health, serve_ops};
 pub use logging::{LogArgs, LogFormat, init_logging};
 pub use watch::{
-    WatchBackoff, Watched, spawn_reflector, spawn_reflector_with_first_list, strip_managed_fields,
+    Cache, Named, WatchBackoff, Watched, spawn_cache, spawn_reflector, strip_managed_fields,
 };
 
 /// Parses a command-line duration given in (fractional) seconds, such as `10` or `2.5`.

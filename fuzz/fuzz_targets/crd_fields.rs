@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
         .first()
         .map(|r| r.spec.node_name.clone())
         .unwrap_or_default();
-    let d = podnet_daemon::desired::desired_state(&own, &routes, &networks, None);
+    let peers: Vec<podnet_daemon::peer::Peer> = routes.into_iter().map(Into::into).collect();
+    let d = podnet_daemon::desired::desired_state(&own, &peers, &networks, None);
     let pools: Vec<ipnet::IpNet> = networks
         .iter()
         .flat_map(|pn| {

@@ -17,10 +17,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::utils::Backoff;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use podnet_common::{
-    ApiClients, Health, WatchBackoff, spawn_reflector, spawn_reflector_with_first_list,
-    strip_managed_fields,
+    ApiClients, Cache, Health, WatchBackoff, spawn_cache, spawn_reflector, strip_managed_fields,
 };
 use podnet_crds::{
     API_VERSION, ConditionStatus, NodeRoute, PodNetwork, condition_type, find_condition,
@@ -42,6 +41,7 @@ use crate::cniconf;
 use crate::desired::{Desired, Rejection, Rule, desired_state, rejection_keys};
 use crate::firewall::{self, Backend, NatTable, Runner, Setting};
 use crate::first_list::FirstList;
+use crate::peer::{self, Peer};
 use crate::policy::{self, Compiled, PodView, Problem};
 use crate::routes::{KernelView, RouteReport, apply_routes, plan_routes, read_routes};
 use crate::state;
@@ -51,7 +51,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use crate::cluster_policy::ClusterNetworkPolicy;
 use podnet_firewall::policy::PolicyPlan;
 
-/// NodeRoutes of the first list queued for the head start at most (about 1.5 KiB each).
+/// NodeRoutes of the first list queued for the head start at most (each shares its
+/// record with the cache: the queue costs a pointer per entry).
 const FIRST_LIST_QUEUE: usize = 2048;
 
 /// The field manager of the daemon's status writes.
@@ -334,6 +335,37 @@ pub fn programmed(desired: &Desired, report: &PassReport) -> Programmed {
     cond(ConditionStatus::True, reason::PROGRAMMED, programmed)
 }
 
+/// What a desired state is computed from (besides the state before it): the NodeRoute
+/// cache's version and the PodNetworks, compared by identity (kube's cache holds each
+/// object in a new `Arc` after every change).
+struct Inputs {
+    noderoutes: u64,
+    networks: Vec<Arc<PodNetwork>>,
+}
+
+impl Inputs {
+    fn of(noderoutes: &Cache<Peer>, networks: &Store<PodNetwork>) -> Self {
+        // The version first: a change after it shows as a new version next time.
+        let noderoutes = noderoutes.version();
+        Self {
+            noderoutes,
+            networks: networks.state(),
+        }
+    }
+}
+
+impl PartialEq for Inputs {
+    fn eq(&self, other: &Self) -> bool {
+        self.noderoutes == other.noderoutes
+            && self.networks.len() == other.networks.len()
+            && self
+                .networks
+                .iter()
+                .zip(&other.networks)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
 /// The running daemon.
 pub struct Daemon {
     client: Client,
@@ -341,9 +373,9 @@ pub struct Daemon {
     /// The firewall driver in use (chosen at the first pass, looked at again now and
     /// then when the choice is automatic).
     firewall: std::sync::Mutex<Option<Box<dyn NatTable + Send>>>,
-    noderoutes: Store<NodeRoute>,
+    noderoutes: Cache<Peer>,
     /// The first NodeRoute list, page by page as it arrives (taken by `run`).
-    first_list: Option<Receiver<NodeRoute>>,
+    first_list: Option<Receiver<Arc<Peer>>>,
     networks: Store<PodNetwork>,
     /// Pods, Namespaces and NetworkPolicies (network policy on).
     policy_inputs: Option<PolicyInputs>,
@@ -419,11 +451,11 @@ impl Daemon {
         });
         Self {
             policy_inputs,
-            noderoutes: spawn_reflector_with_first_list(
-                Api::all(clients.watch.clone()),
+            noderoutes: spawn_cache(
+                Api::<NodeRoute>::all(clients.watch.clone()),
                 Arc::clone(&notify),
-                strip_managed_fields,
-                first_list,
+                peer::record_for(&config.node_name),
+                Some(first_list),
             ),
             first_list: Some(first_pages),
             networks: spawn_reflector(
@@ -454,7 +486,7 @@ impl Daemon {
     async fn wait_for_caches(
         &self,
         shutdown: &mut watch::Receiver<bool>,
-        first_pages: Option<Receiver<NodeRoute>>,
+        first_pages: Option<Receiver<Arc<Peer>>>,
     ) -> bool {
         let synced = async {
             let _ = self.noderoutes.wait_until_ready().await;
@@ -520,7 +552,7 @@ impl Daemon {
 
     /// Adds the routes of each page of the first NodeRoute list as it arrives (add
     /// only, see [`FirstList`]), until the list is complete.
-    async fn first_list_routes(&self, pages: Option<Receiver<NodeRoute>>) {
+    async fn first_list_routes(&self, pages: Option<Receiver<Arc<Peer>>>) {
         let Some(mut pages) = pages else {
             return;
         };
@@ -610,6 +642,12 @@ impl Daemon {
         // node's Programmed condition, say) costs no kernel check; the periodic check
         // (its own ticker, which events do not postpone) always looks at the kernel.
         let mut applied: Option<Desired> = None;
+        // What `applied` was computed from: while the inputs stay the same, so does the
+        // desired state (a periodic check at 20,000 peers spent most of its time
+        // working it out again).
+        let mut applied_from: Option<Inputs> = None;
+        // Whether `applied` is what the saved state holds (or nothing is due there).
+        let mut saved = false;
         // The policy plan last applied (`Some(None)`: the table removed).
         let mut policy_applied: Option<Option<PolicyPlan>> = None;
         let mut seen_rejections = BTreeSet::new();
@@ -626,12 +664,21 @@ impl Daemon {
             // liveness probe killed every daemon.
             off_runtime(|| {
                 let started = Instant::now();
-                let desired = desired_state(
-                    &self.config.node_name,
-                    &self.noderoutes.state(),
-                    &self.networks.state(),
-                    applied.as_ref(),
-                );
+                let inputs = Inputs::of(&self.noderoutes, &self.networks);
+                let fresh = match (&applied, &applied_from) {
+                    (Some(_), Some(from)) if *from == inputs => None,
+                    _ => Some(desired_state(
+                        &self.config.node_name,
+                        &self.noderoutes.state(),
+                        &inputs.networks,
+                        applied.as_ref(),
+                    )),
+                };
+                let Some(desired) = fresh.as_ref().or(applied.as_ref()) else {
+                    return;
+                };
+                // A state worked out again may still be the same.
+                let changed = fresh.as_ref().is_some_and(|d| applied.as_ref() != Some(d));
                 if periodic {
                     periodic_passes += 1;
                     // An automatic firewall choice follows the node (kube-proxy started after
@@ -641,19 +688,16 @@ impl Daemon {
                         self.reconsider_firewall();
                     }
                 }
-                let compiled = self.compile_policy(&desired);
+                let compiled = self.compile_policy(desired);
                 let policy_plan = compiled.as_ref().map(|c| c.plan.clone());
-                if periodic
-                    || applied.as_ref() != Some(&desired)
-                    || policy_applied.as_ref() != Some(&policy_plan)
-                {
+                if periodic || changed || policy_applied.as_ref() != Some(&policy_plan) {
                     let nl = match netlink.take() {
                         Some(nl) => Ok(nl),
                         None => self.netlink(),
                     };
                     match nl {
                         Ok(mut nl) => {
-                            let mut report = self.sync(&mut nl, &desired);
+                            let mut report = self.sync(&mut nl, desired);
                             // The table waits for the node's own CIDRs: a pod address is
                             // known from them.
                             let policy_due = policy_plan.is_some() || policy_applied != Some(None);
@@ -678,14 +722,22 @@ impl Daemon {
                             } else {
                                 warn!(errors = ?report.errors, "sync failed in part: the rest of the pass was applied; retrying");
                             }
-                            self.save_state(&desired, &report);
-                            applied = Some(desired.clone());
+                            // The saved state is written again only when it changed
+                            // (a periodic check at 20,000 peers serialized and compared
+                            // a 1.5 MB file every period otherwise).
+                            if changed || !saved {
+                                saved = self.save_state(desired, &report);
+                            }
                             let next = Report {
-                                programmed: programmed(&desired, &report),
+                                programmed: programmed(desired, &report),
                                 rejected: report.rejected,
                                 firewall: report.firewall,
                                 problems: compiled.map(|c| c.problems).unwrap_or_default(),
                             };
+                            if let Some(fresh) = fresh {
+                                applied = Some(fresh);
+                                applied_from = Some(inputs);
+                            }
                             status_tx.send_if_modified(|s| replace(s, next));
                             netlink = Some(nl);
                         }
@@ -711,16 +763,25 @@ impl Daemon {
     }
 
     /// Keeps what this pass programmed for a restart without an API server; only a
-    /// state whose own allocation is known is worth keeping.
-    fn save_state(&self, desired: &Desired, report: &PassReport) {
+    /// state whose own allocation is known, programmed without errors, is worth
+    /// keeping. Returns true when nothing is left to save for `desired` (saved, or not
+    /// worth saving); false to try again at the next pass.
+    fn save_state(&self, desired: &Desired, report: &PassReport) -> bool {
         let Some(dir) = &self.config.state_dir else {
-            return;
+            return true;
         };
-        if desired.own_cidrs.is_empty() || !report.errors.is_empty() {
-            return;
+        if !report.errors.is_empty() {
+            return false;
         }
-        if let Err(e) = state::save(dir, desired) {
-            warn!(error = %e, "cannot save the programmed state");
+        if desired.own_cidrs.is_empty() {
+            return true;
+        }
+        match state::save(dir, desired) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, "cannot save the programmed state");
+                false
+            }
         }
     }
 
@@ -1053,7 +1114,7 @@ fn replace(slot: &mut Option<Report>, new: Report) -> bool {
 struct StatusReporter {
     api: Api<NodeRoute>,
     node_name: String,
-    noderoutes: Store<NodeRoute>,
+    noderoutes: Cache<Peer>,
     recorder: Recorder,
     /// Rejections already announced as events (each is announced once while it lasts).
     announced: BTreeSet<(String, Option<IpNet>, Rule)>,
@@ -1103,12 +1164,7 @@ impl StatusReporter {
             if self.announced.contains(&key) {
                 continue;
             }
-            let Some(peer) = self
-                .noderoutes
-                .state()
-                .into_iter()
-                .find(|n| n.name_any() == r.node)
-            else {
+            let Some(peer) = self.noderoutes.get(&r.node) else {
                 continue;
             };
             let ev = Event {
@@ -1131,7 +1187,7 @@ impl StatusReporter {
                 action: "Route".into(),
                 secondary: None,
             };
-            match self.recorder.publish(&ev, &peer.object_ref(&())).await {
+            match self.recorder.publish(&ev, &peer.object_ref()).await {
                 Ok(()) => {
                     self.announced.insert(key);
                 }
@@ -1197,25 +1253,21 @@ impl StatusReporter {
         firewall: Option<Backend>,
     ) -> Result<(), kube::Error> {
         let name = &self.node_name;
-        let current = self
-            .noderoutes
-            .state()
-            .into_iter()
-            .find(|n| n.name_any() == *name);
-        let Some(current) = current else {
+        let Some(current) = self.noderoutes.get(name) else {
             return Ok(());
         };
-        let previous = current.status.clone().unwrap_or_default().conditions;
+        let own = current.own.as_deref().cloned().unwrap_or_default();
+        let previous: Vec<_> = own.programmed.into_iter().collect();
         let cond = make_condition(
             &previous,
             condition_type::PROGRAMMED,
             programmed.status,
             programmed.reason,
             programmed.message.clone(),
-            current.metadata.generation,
+            own.generation,
         );
         let firewall = firewall.map(|b| b.as_str().to_string());
-        let current_firewall = current.status.as_ref().and_then(|s| s.firewall.clone());
+        let current_firewall = own.firewall;
         if find_condition(&previous, condition_type::PROGRAMMED).is_some_and(|c| {
             c.status == cond.status && c.reason == cond.reason && c.message == cond.message
         }) && (firewall.is_none() || firewall == current_firewall)

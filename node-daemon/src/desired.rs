@@ -15,8 +15,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use podnet_crds::{NodeRoute, PodNetwork, condition_type, find_condition, reason};
+use podnet_crds::{PodNetwork, reason};
 use serde::{Deserialize, Serialize};
+
+use crate::peer::Peer;
 
 pub use podnet_contract::ROUTE_PROTOCOL;
 
@@ -171,10 +173,10 @@ pub struct Desired {
 impl Desired {
     /// Which peer each routed CIDR belongs to: the incumbents the next computation
     /// keeps on a conflict.
-    pub fn incumbents(&self) -> BTreeMap<IpNet, String> {
+    pub fn incumbents(&self) -> BTreeMap<IpNet, &str> {
         self.routes
             .iter()
-            .map(|r| (r.dst, r.node.clone()))
+            .map(|r| (r.dst, r.node.as_str()))
             .collect()
     }
 }
@@ -235,15 +237,10 @@ impl Pools {
 /// True, or it waits for a family the pool is out of (`False`/`PoolExhausted`: the
 /// CIDRs it holds stay valid), or a new operator leader fenced it and will allocate
 /// next (`Unknown`/`Pending`).
-fn vouched(nr: &NodeRoute) -> Result<(), String> {
-    let conditions = nr
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    match find_condition(conditions, condition_type::ALLOCATED) {
+fn vouched(nr: &Peer) -> Result<(), String> {
+    match nr.status.as_ref().and_then(|s| s.allocated.as_ref()) {
         None => Err("no Allocated condition".into()),
-        Some(c) => match (c.status.as_str(), c.reason.as_str()) {
+        Some(c) => match (&*c.status, &*c.reason) {
             ("True", _) => Ok(()),
             ("False", reason::POOL_EXHAUSTED) | ("Unknown", reason::PENDING) => Ok(()),
             (s, r) => Err(format!("Allocated is {s} ({r})")),
@@ -253,12 +250,12 @@ fn vouched(nr: &NodeRoute) -> Result<(), String> {
 
 /// When the operator allocated what a NodeRoute holds (when `Allocated` last changed,
 /// else when the NodeRoute was created): the older allocation wins a conflict.
-fn allocated_since(nr: &NodeRoute) -> Option<Timestamp> {
+fn allocated_since(nr: &Peer) -> Option<Timestamp> {
     nr.status
         .as_ref()
-        .and_then(|s| find_condition(&s.conditions, condition_type::ALLOCATED))
-        .map(|c| c.last_transition_time.0)
-        .or_else(|| nr.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .and_then(|s| s.allocated.as_ref())
+        .map(|c| c.since)
+        .or(nr.created)
 }
 
 /// Whether `ip` can be a next hop at all.
@@ -280,8 +277,8 @@ fn unicast_problem(ip: IpAddr) -> Option<&'static str> {
 
 /// Non-overlapping CIDRs, per family, ordered by start: overlap checks in O(log n).
 #[derive(Default)]
-struct SpanSet {
-    spans: BTreeMap<(bool, u128), (u128, String)>,
+struct SpanSet<'a> {
+    spans: BTreeMap<(bool, u128), (u128, &'a str)>,
 }
 
 fn span(net: &IpNet) -> (bool, u128, u128) {
@@ -295,20 +292,20 @@ fn span(net: &IpNet) -> (bool, u128, u128) {
     }
 }
 
-impl SpanSet {
+impl<'a> SpanSet<'a> {
     /// The owner of a held CIDR overlapping `net`.
-    fn overlapping(&self, net: &IpNet) -> Option<&str> {
+    fn overlapping(&self, net: &IpNet) -> Option<&'a str> {
         let (v6, lo, hi) = span(net);
         self.spans
             .range(..=(v6, hi))
             .next_back()
             .filter(|((f, _), (end, _))| *f == v6 && *end >= lo)
-            .map(|(_, (_, owner))| owner.as_str())
+            .map(|(_, (_, owner))| *owner)
     }
 
-    fn insert(&mut self, net: &IpNet, owner: &str) {
+    fn insert(&mut self, net: &IpNet, owner: &'a str) {
         let (v6, lo, hi) = span(net);
-        self.spans.insert((v6, lo), (hi, owner.to_string()));
+        self.spans.insert((v6, lo), (hi, owner));
     }
 }
 
@@ -330,10 +327,15 @@ pub fn collapse(mut nets: Vec<IpNet>) -> Vec<IpNet> {
     out
 }
 
+/// One peer CIDR that passed the per-object rules, with what ranks it in a conflict.
 struct Claim<'a> {
-    nr: &'a NodeRoute,
-    name: String,
+    name: &'a str,
     cidr: IpNet,
+    /// Not routed to this peer by the last pass (incumbents rank first).
+    challenger: bool,
+    since: Option<Timestamp>,
+    /// The peer's addresses (an index into the parsed gateways).
+    gateways: usize,
 }
 
 /// Computes the desired state of node `own`. `previous` is what the last pass applied:
@@ -343,7 +345,7 @@ struct Claim<'a> {
 /// config and masquerade stay as they were.
 pub fn desired_state(
     own: &str,
-    noderoutes: &[impl Borrow<NodeRoute>],
+    noderoutes: &[impl Borrow<Peer>],
     networks: &[impl Borrow<PodNetwork>],
     previous: Option<&Desired>,
 ) -> Desired {
@@ -368,8 +370,8 @@ pub fn desired_state(
     let own_nr = noderoutes
         .iter()
         .map(Borrow::borrow)
-        .find(|nr| nr.name_any() == own);
-    let own_network = own_nr.and_then(|nr| nr.spec.pod_network.clone());
+        .find(|nr| &*nr.name == own);
+    let own_network = own_nr.and_then(|nr| nr.pod_network.as_deref().map(String::from));
     match own_nr {
         Some(nr) => match own_allocation(nr, &pools) {
             Ok(cidrs) => out.own_cidrs = cidrs,
@@ -384,9 +386,9 @@ pub fn desired_state(
 
     // Every peer CIDR that passes the per-object rules, then conflicts in priority order.
     let mut claims: Vec<Claim> = Vec::new();
-    let mut gateways: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut gateways: Vec<Vec<IpAddr>> = Vec::new();
     for nr in noderoutes.iter().map(Borrow::borrow) {
-        let name = nr.name_any();
+        let name: &str = &nr.name;
         if name == own {
             continue;
         }
@@ -397,13 +399,13 @@ pub fn desired_state(
             continue;
         }
         if let Err(why) = vouched(nr) {
-            reject(&mut out, &name, None, Rule::NotAllocated, why);
+            reject(&mut out, name, None, Rule::NotAllocated, why);
             continue;
         }
-        let Some(network) = nr.spec.pod_network.as_deref() else {
+        let Some(network) = nr.pod_network.as_deref() else {
             reject(
                 &mut out,
-                &name,
+                name,
                 None,
                 Rule::UnknownNetwork,
                 "spec.podNetwork is empty".into(),
@@ -413,7 +415,7 @@ pub fn desired_state(
         let Some(pool) = pools.get(network) else {
             reject(
                 &mut out,
-                &name,
+                name,
                 None,
                 Rule::UnknownNetwork,
                 format!("PodNetwork {network} does not exist"),
@@ -426,21 +428,22 @@ pub fn desired_state(
                 Ok(ip) => ips.push(ip),
                 Err(_) => reject(
                     &mut out,
-                    &name,
+                    name,
                     None,
                     Rule::Malformed,
                     format!("nodeIPs has {s:?}, not an IP address"),
                 ),
             }
         }
-        gateways.insert(name.clone(), ips);
+        let since = allocated_since(nr);
+        gateways.push(ips);
         for s in &status.pod_cidrs {
             let cidr = match s.parse::<IpNet>() {
                 Ok(c) if c == c.trunc() => c,
                 _ => {
                     reject(
                         &mut out,
-                        &name,
+                        name,
                         None,
                         Rule::Malformed,
                         format!("podCIDRs has {s:?}, not a canonical CIDR"),
@@ -451,7 +454,7 @@ pub fn desired_state(
             if cidr.prefix_len() == 0 {
                 reject(
                     &mut out,
-                    &name,
+                    name,
                     Some(cidr),
                     Rule::DefaultRoute,
                     "a default route is never a pod CIDR".into(),
@@ -459,27 +462,23 @@ pub fn desired_state(
                 continue;
             }
             if let Some((rule, detail)) = pool.check(network, &cidr) {
-                reject(&mut out, &name, Some(cidr), rule, detail);
+                reject(&mut out, name, Some(cidr), rule, detail);
                 continue;
             }
             claims.push(Claim {
-                nr,
-                name: name.clone(),
+                name,
                 cidr,
+                challenger: incumbents.get(&cidr) != Some(&name),
+                since,
+                gateways: gateways.len() - 1,
             });
         }
     }
-    claims.sort_by(|a, b| {
-        let key = |c: &Claim| {
-            (
-                incumbents.get(&c.cidr) != Some(&c.name),
-                allocated_since(c.nr),
-                c.name.clone(),
-            )
-        };
-        key(a).cmp(&key(b))
+    // Each claim's rank is worked out once, not at each comparison.
+    claims.sort_unstable_by(|a, b| {
+        (a.challenger, a.since, a.name, a.cidr).cmp(&(b.challenger, b.since, b.name, b.cidr))
     });
-    let mut accepted: Vec<(IpNet, String)> = Vec::new();
+    let mut accepted: Vec<Claim> = Vec::new();
     for claim in claims {
         if let Some(owner) = held.overlapping(&claim.cidr) {
             let (rule, detail) = if owner == own {
@@ -493,11 +492,11 @@ pub fn desired_state(
                     format!("overlaps a CIDR node {owner} was allocated earlier"),
                 )
             };
-            reject(&mut out, &claim.name, Some(claim.cidr), rule, detail);
+            reject(&mut out, claim.name, Some(claim.cidr), rule, detail);
             continue;
         }
-        held.insert(&claim.cidr, &claim.name);
-        accepted.push((claim.cidr, claim.name));
+        held.insert(&claim.cidr, claim.name);
+        accepted.push(claim);
     }
 
     // Gateways: a unicast address of the CIDR's family, outside every pod CIDR.
@@ -505,17 +504,18 @@ pub fn desired_state(
     for p in &out.pod_pools {
         pod_space.insert(p, "");
     }
-    for (cidr, name) in accepted {
-        let family_ips: Vec<IpAddr> = gateways
-            .get(&name)
-            .map(|ips| {
-                ips.iter()
-                    .copied()
-                    .filter(|ip| ip.is_ipv4() == cidr.addr().is_ipv4())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let Some(via) = family_ips.first().copied() else {
+    for Claim {
+        name,
+        cidr,
+        gateways: ips,
+        ..
+    } in accepted
+    {
+        let Some(via) = gateways[ips]
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == cidr.addr().is_ipv4())
+        else {
             let fam = if cidr.addr().is_ipv4() {
                 "IPv4"
             } else {
@@ -523,7 +523,7 @@ pub fn desired_state(
             };
             reject(
                 &mut out,
-                &name,
+                name,
                 Some(cidr),
                 Rule::NoNodeAddress,
                 format!("no {fam} address in nodeIPs"),
@@ -533,7 +533,7 @@ pub fn desired_state(
         if let Some(what) = unicast_problem(via) {
             reject(
                 &mut out,
-                &name,
+                name,
                 Some(cidr),
                 Rule::GatewayNotUnicast,
                 format!("node address {via} is {what}"),
@@ -544,7 +544,7 @@ pub fn desired_state(
         if pod_space.overlapping(&host).is_some() || held.overlapping(&host).is_some() {
             reject(
                 &mut out,
-                &name,
+                name,
                 Some(cidr),
                 Rule::GatewayInsidePodCidr,
                 format!("node address {via} lies inside a pod CIDR"),
@@ -554,7 +554,7 @@ pub fn desired_state(
         out.routes.push(PeerRoute {
             dst: cidr,
             via,
-            node: name,
+            node: name.to_string(),
         });
     }
     out.routes.sort();
@@ -594,12 +594,12 @@ pub fn desired_state(
 /// This node's own CIDRs, if usable: canonical, at most one per family, and (when its
 /// network is known) inside that network's served CIDRs with its node mask. An unusable
 /// allocation is never written into the CNI config.
-fn own_allocation(nr: &NodeRoute, pools: &BTreeMap<String, Pools>) -> Result<Vec<IpNet>, String> {
+fn own_allocation(nr: &Peer, pools: &BTreeMap<String, Pools>) -> Result<Vec<IpNet>, String> {
     let Some(status) = nr.status.as_ref() else {
         return Ok(Vec::new());
     };
     let mut cidrs: Vec<IpNet> = Vec::new();
-    let network = nr.spec.pod_network.as_deref();
+    let network = nr.pod_network.as_deref();
     for s in &status.pod_cidrs {
         let cidr = match s.parse::<IpNet>() {
             Ok(c) if c == c.trunc() && c.prefix_len() > 0 => c,
@@ -634,7 +634,9 @@ pub fn rejection_keys(rejected: &[Rejection]) -> BTreeSet<(String, Option<IpNet>
 #[cfg(test)]
 pub(crate) mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use podnet_crds::{Masquerade, NodeRouteSpec, NodeRouteStatus, PodNetworkSpec};
+    use podnet_crds::{
+        Masquerade, NodeRoute, NodeRouteSpec, NodeRouteStatus, PodNetworkSpec, condition_type,
+    };
 
     use super::*;
 
@@ -664,6 +666,17 @@ pub(crate) mod tests {
             ..Default::default()
         });
         n
+    }
+
+    /// [`desired_state`] of NodeRoutes as the daemon's cache records them.
+    fn desired(
+        own: &str,
+        nrs: &[NodeRoute],
+        networks: &[PodNetwork],
+        previous: Option<&Desired>,
+    ) -> Desired {
+        let peers: Vec<Peer> = nrs.iter().cloned().map(Peer::from).collect();
+        desired_state(own, &peers, networks, previous)
     }
 
     pub(crate) fn nr(name: &str, ips: &[&str], cidrs: &[&str]) -> NodeRoute {
@@ -724,7 +737,7 @@ pub(crate) mod tests {
             nr("c", &["198.18.0.3"], &["10.244.3.0/24", "fd00:0:0:3::/64"]),
             nr("d", &["not-an-ip"], &["10.244.4.0/24"]),
         ];
-        let d = desired_state("a", &nrs, &default_pn(), None);
+        let d = desired("a", &nrs, &default_pn(), None);
         assert_eq!(
             routes(&d),
             [
@@ -743,10 +756,10 @@ pub(crate) mod tests {
         assert_eq!(m.sources, d.own_cidrs);
         let exempt: Vec<String> = m.exempt.iter().map(ToString::to_string).collect();
         assert_eq!(exempt, ["10.244.0.0/16", "198.18.0.0/15", "fd00::/48"]);
-        let off = desired_state("a", &nrs, &[pn(&["10.244.0.0/16"], &[], false)], None);
+        let off = desired("a", &nrs, &[pn(&["10.244.0.0/16"], &[], false)], None);
         assert!(off.masquerade.is_none());
         assert!(
-            desired_state("zz", &nrs, &default_pn(), None)
+            desired("zz", &nrs, &default_pn(), None)
                 .masquerade
                 .is_none(),
             "nothing allocated, nothing masqueraded"
@@ -781,7 +794,7 @@ pub(crate) mod tests {
                 nr_at("b", &["198.18.0.2"], &["10.244.2.0/24"], 100),
                 nr_at("evil", ips, cidrs, 500),
             ];
-            let d = desired_state("a", &nrs, &default_pn(), None);
+            let d = desired("a", &nrs, &default_pn(), None);
             assert_eq!(
                 rules(&d),
                 [format!("evil {rule}")],
@@ -808,7 +821,7 @@ pub(crate) mod tests {
             nr_at("aaa", &["198.18.0.2"], &["10.244.5.0/24"], 200),
             nr_at("zzz", &["198.18.0.3"], &["10.244.5.0/24"], 100),
         ];
-        let d = desired_state("me", &nrs, &default_pn(), None);
+        let d = desired("me", &nrs, &default_pn(), None);
         assert_eq!(routes(&d), ["10.244.5.0/24 via 198.18.0.3"]);
         assert_eq!(rules(&d), ["aaa OverlapsPeer"]);
         // Already routed to "aaa": it stays there; no flapping on a fresh conflict.
@@ -820,7 +833,7 @@ pub(crate) mod tests {
             }],
             ..Default::default()
         };
-        let d = desired_state("me", &nrs, &default_pn(), Some(&previous));
+        let d = desired("me", &nrs, &default_pn(), Some(&previous));
         assert_eq!(routes(&d), ["10.244.5.0/24 via 198.18.0.2"]);
         assert_eq!(rules(&d), ["zzz OverlapsPeer"]);
     }
@@ -850,7 +863,7 @@ pub(crate) mod tests {
             fenced,
             bare,
         ];
-        let d = desired_state("me", &nrs, &default_pn(), None);
+        let d = desired("me", &nrs, &default_pn(), None);
         assert_eq!(
             routes(&d),
             [
@@ -872,7 +885,7 @@ pub(crate) mod tests {
             nr("me", &["198.18.0.1"], &["10.245.1.0/24"]),
             nr("old", &["198.18.0.2"], &["10.244.2.0/24"]),
         ];
-        let d = desired_state("me", &nrs, &[net], None);
+        let d = desired("me", &nrs, &[net], None);
         assert_eq!(routes(&d), ["10.244.2.0/24 via 198.18.0.2"]);
         let exempt: Vec<String> = d
             .masquerade
@@ -890,14 +903,14 @@ pub(crate) mod tests {
             nr("me", &["198.18.0.1"], &["10.244.1.0/24"]),
             nr("b", &["198.18.0.2"], &["10.244.2.0/24"]),
         ];
-        let before = desired_state("me", &nrs, &default_pn(), None);
-        let gone = desired_state("me", &nrs[1..], &default_pn(), Some(&before));
+        let before = desired("me", &nrs, &default_pn(), None);
+        let gone = desired("me", &nrs[1..], &default_pn(), Some(&before));
         assert_eq!(gone.own_cidrs, before.own_cidrs);
         assert_eq!(gone.masquerade, before.masquerade);
         assert_eq!(gone.mtu, before.mtu);
         assert_eq!(routes(&gone), ["10.244.2.0/24 via 198.18.0.2"]);
         assert!(
-            desired_state("me", &nrs[1..], &default_pn(), None)
+            desired("me", &nrs[1..], &default_pn(), None)
                 .own_cidrs
                 .is_empty()
         );
@@ -906,7 +919,7 @@ pub(crate) mod tests {
     #[test]
     fn an_unusable_own_allocation_is_reported_not_used() {
         let nrs = vec![nr("me", &["198.18.0.1"], &["198.18.0.0/24"])];
-        let d = desired_state("me", &nrs, &default_pn(), None);
+        let d = desired("me", &nrs, &default_pn(), None);
         assert!(d.own_cidrs.is_empty());
         assert!(
             d.own_invalid

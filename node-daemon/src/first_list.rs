@@ -14,11 +14,12 @@
 //!   soon as the list is complete and corrects or removes what it must.
 
 use std::borrow::Borrow;
+use std::sync::Arc;
 
-use kube::ResourceExt;
-use podnet_crds::{NodeRoute, PodNetwork};
+use podnet_crds::PodNetwork;
 
 use crate::desired::{Desired, desired_state};
+use crate::peer::Peer;
 use crate::routes::{KernelView, RouteTable, plan_routes};
 
 /// The routes added from the first list, page by page.
@@ -26,7 +27,7 @@ use crate::routes::{KernelView, RouteTable, plan_routes};
 pub struct FirstList {
     own: String,
     /// This node's own NodeRoute, once a page held it.
-    own_nr: Option<NodeRoute>,
+    own_nr: Option<Arc<Peer>>,
     /// What the last run saved (this node's CIDRs before its NodeRoute is seen).
     saved: Option<Desired>,
     /// The kernel as read at the start, plus every route added since.
@@ -54,19 +55,23 @@ impl FirstList {
     /// Returns how many were added.
     pub fn page(
         &mut self,
-        page: Vec<NodeRoute>,
+        page: Vec<Arc<Peer>>,
         networks: &[impl Borrow<PodNetwork>],
         table: &mut impl RouteTable,
     ) -> usize {
         let mut peers = Vec::with_capacity(page.len());
         for nr in page {
-            if nr.name_any() == self.own {
+            if *nr.name == *self.own {
                 self.own_nr = Some(nr);
             } else {
                 peers.push(nr);
             }
         }
-        let objects: Vec<&NodeRoute> = peers.iter().chain(self.own_nr.as_ref()).collect();
+        let objects: Vec<&Peer> = peers
+            .iter()
+            .chain(self.own_nr.as_ref())
+            .map(|p| &**p)
+            .collect();
         let desired = desired_state(&self.own, &objects, networks, self.saved.as_ref());
         let plan = plan_routes(&desired.routes, &self.kernel);
         // Add only: `plan.replace` and `plan.delete` wait for the complete list.
@@ -118,6 +123,12 @@ mod tests {
         }
     }
 
+    fn peers(page: Vec<podnet_crds::NodeRoute>) -> Vec<Arc<Peer>> {
+        page.into_iter()
+            .map(|nr| Arc::new(Peer::from(nr)))
+            .collect()
+    }
+
     fn networks() -> Vec<PodNetwork> {
         vec![pn(&["10.244.0.0/16"], &[], true)]
     }
@@ -149,9 +160,9 @@ mod tests {
             nr("a", &["198.18.0.2"], &["10.244.1.0/24"]),
             nr("b", &["198.18.0.3"], &["10.244.2.0/24"]),
         ];
-        assert_eq!(first.page(p1, &nets, &mut t), 2);
+        assert_eq!(first.page(peers(p1), &nets, &mut t), 2);
         let p2 = vec![nr("c", &["198.18.0.4"], &["10.244.3.0/24"])];
-        assert_eq!(first.page(p2, &nets, &mut t), 1);
+        assert_eq!(first.page(peers(p2), &nets, &mut t), 1);
         assert_eq!(
             t.writes,
             [
@@ -178,7 +189,7 @@ mod tests {
         let mut first = FirstList::new("self", None, k);
         // Another via than the kernel's: a replace, which waits for the full pass.
         let page = vec![nr("a", &["198.18.0.2"], &["10.244.1.0/24"])];
-        assert_eq!(first.page(page, &networks(), &mut t), 0);
+        assert_eq!(first.page(peers(page), &networks(), &mut t), 0);
         assert!(t.writes.is_empty());
     }
 
@@ -191,16 +202,16 @@ mod tests {
         let mut first = FirstList::new("self", None, k);
         let nets = networks();
         let page = vec![nr("evil", &["198.18.0.2"], &["10.244.5.0/24"])];
-        assert_eq!(first.page(page, &nets, &mut t), 0);
+        assert_eq!(first.page(peers(page), &nets, &mut t), 0);
         // Once this node's NodeRoute is seen, peers overlapping its CIDR are refused
         // even without a bridge address.
         let k = kernel(&["198.18.0.1/15"]);
         let mut t = table(&k);
         let mut first = FirstList::new("self", None, k);
         let own = vec![nr("self", &["198.18.0.1"], &["10.244.6.0/24"])];
-        assert_eq!(first.page(own, &nets, &mut t), 0);
+        assert_eq!(first.page(peers(own), &nets, &mut t), 0);
         let page = vec![nr("evil", &["198.18.0.2"], &["10.244.6.0/24"])];
-        assert_eq!(first.page(page, &nets, &mut t), 0);
+        assert_eq!(first.page(peers(page), &nets, &mut t), 0);
         // And before it is seen, the CIDRs the last run saved stand in for it.
         let k = kernel(&["198.18.0.1/15"]);
         let mut t = table(&k);
@@ -213,7 +224,7 @@ mod tests {
             nr("evil", &["198.18.0.2"], &["10.244.7.0/24"]),
             nr("good", &["198.18.0.3"], &["10.244.8.0/24"]),
         ];
-        assert_eq!(first.page(page, &nets, &mut t), 1);
+        assert_eq!(first.page(peers(page), &nets, &mut t), 1);
         assert_eq!(t.writes, ["create 10.244.8.0/24"]);
     }
 
@@ -235,7 +246,7 @@ mod tests {
             let mut t = table(&k);
             let mut first = FirstList::new("self", None, k);
             assert_eq!(
-                first.page(vec![forged.clone()], &nets, &mut t),
+                first.page(peers(vec![forged.clone()]), &nets, &mut t),
                 want,
                 "{addresses:?}"
             );
@@ -252,10 +263,10 @@ mod tests {
             nr("a", &["198.18.0.2"], &["10.244.1.0/24"]),
             nr("b", &["198.18.0.3"], &["10.244.2.0/24"]),
         ];
-        assert_eq!(first.page(page, &networks(), &mut t), 1);
+        assert_eq!(first.page(peers(page), &networks(), &mut t), 1);
         assert_eq!((first.added, first.refused), (1, 1));
         t.refuse = None;
         let again = vec![nr("a", &["198.18.0.2"], &["10.244.1.0/24"])];
-        assert_eq!(first.page(again, &networks(), &mut t), 1);
+        assert_eq!(first.page(peers(again), &networks(), &mut t), 1);
     }
 }

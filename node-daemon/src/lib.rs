@@ -2,7 +2,7 @@
 //! list) it converges the node's routes to every peer's pod CIDR, its masquerade rules
 //! and the CNI config for podnet-cni, and reports `Programmed` on its NodeRoute.
 //!
-//! [`desired`] is pure; [`routes`], [`firewall`] and [`cniconf`] apply it;
+//! [`peer`] is what the daemon keeps of each NodeRoute; [`desired`] is pure; [`routes`], [`firewall`] and [`cniconf`] apply it;
 //! [`first_list`] adds routes from the first NodeRoute list's pages as they arrive;
 //! [`controller`] runs the loop.
 //!
@@ -15,6 +15,7 @@ pub mod cniconf;
 pub mod controller;
 pub mod desired;
 pub mod first_list;
+pub mod peer;
 /// The firewall drivers (the `podnet-firewall` crate, shared with podnet-cni).
 pub use podnet_firewall as firewall;
 pub mod policy;

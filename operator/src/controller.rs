@@ -24,7 +24,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use podnet_common::{ApiClients, Health, spawn_reflector};
+use podnet_common::{ApiClients, Cache, Health, spawn_cache, spawn_reflector};
 use podnet_crds::{NodeRoute, PodNetwork};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, instrument, warn};
@@ -34,7 +34,7 @@ use crate::events::Announcer;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::network::evaluate_networks;
-use crate::node::{self, NodeFacts};
+use crate::node::NodeFacts;
 use crate::plan::{
     OWN_CONDITIONS, PlanConfig, Snapshot, SyncState, needs_allocation, plan, status_cidrs,
 };
@@ -74,8 +74,8 @@ impl Default for ControllerConfig {
 /// The operator: caches, leadership, and what it reports.
 pub struct Operator {
     client: Client,
-    nodes: Store<NodeFacts>,
-    noderoutes: Store<NodeRoute>,
+    nodes: Cache<NodeFacts>,
+    noderoutes: Cache<NodeRoute>,
     networks: Store<PodNetwork>,
     notify: Arc<Notify>,
     leadership: Leadership,
@@ -121,15 +121,22 @@ impl Operator {
     ) -> Self {
         let notify = Arc::new(Notify::new());
         let client = clients.request;
-        let nodes = spawn_reflector(
+        // Caches of podnet's own (not kube's reflector): no second copy of each
+        // object's name, uid and resourceVersion as its key.
+        let nodes = spawn_cache(
             Api::<NodeFacts>::all(clients.watch.clone()),
             Arc::clone(&notify),
-            node::keep,
+            |n: NodeFacts| n,
+            None,
         );
-        let noderoutes = spawn_reflector(
+        let noderoutes = spawn_cache(
             Api::<NodeRoute>::all(clients.watch.clone()),
             Arc::clone(&notify),
-            strip_noderoute,
+            |mut nr: NodeRoute| {
+                strip_noderoute(&mut nr);
+                nr
+            },
+            None,
         );
         let networks = spawn_reflector(
             Api::<PodNetwork>::all(clients.watch),

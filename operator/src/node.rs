@@ -105,9 +105,6 @@ impl From<Wire> for NodeFacts {
     }
 }
 
-/// Keeps the decoded object as it is (it holds nothing to trim).
-pub fn keep(_: &mut NodeFacts) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
