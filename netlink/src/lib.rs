@@ -106,6 +106,10 @@ pub struct Netlink {
     /// Messages nobody asked for: the notifications of the joined groups.
     events: Events,
     groups: Vec<u32>,
+    /// A plain socket for route dumps, decoded in place ([`route::dump_routes`]).
+    dumps: netlink_sys::Socket,
+    /// The last dump's sequence number.
+    dump_seq: u32,
 }
 
 /// The receive buffer asked for a socket that joins notification groups.
@@ -126,12 +130,16 @@ impl Netlink {
             let _entered = rt.enter();
             rtnetlink::new_connection()?
         };
+        let mut dumps = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        dumps.bind_auto()?;
         Ok(Self {
             rt: Some(rt),
             handle,
             unspawned: Some(conn),
             events,
             groups: Vec::new(),
+            dumps,
+            dump_seq: 0,
         })
     }
 
@@ -195,6 +203,21 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sets the receive buffer of a subscribed connection (before its first request;
+    /// the kernel doubles it and caps it at net.core.rmem_max). A small buffer suits a
+    /// caller that only asks whether anything changed ([`Netlink::routes_changed`]):
+    /// a burst overflows it, which reads as a change, and never waits in memory.
+    pub fn set_notify_buffer(&mut self, bytes: usize) -> Result<()> {
+        let conn = self.unspawned.as_mut().ok_or_else(|| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the receive buffer is set before the first request",
+            ))
+        })?;
+        conn.socket_mut().socket_mut().set_rx_buf_sz(bytes)?;
+        Ok(())
+    }
+
     /// Runs `f` to completion on this connection's runtime: directly, or on a scoped
     /// thread when the caller is itself inside a tokio runtime (runtimes do not nest).
     fn block_on<F>(
@@ -235,6 +258,27 @@ impl Netlink {
             Ok(replies) => Ok(replies),
             Err(Refused::Errno(errno)) => Err(Error::Kernel { op: op(), errno }),
             Err(Refused::Closed) => Err(closed()),
+        }
+    }
+
+    /// Asks for the loopback link and waits at most `wait` for the answer: every
+    /// message the kernel queued on this socket before it has been read by then.
+    /// Returns whether it was answered in time.
+    pub(crate) fn barrier(&mut self, wait: std::time::Duration) -> Result<bool> {
+        let handle = self.handle.clone();
+        let rt = self.rt.as_ref().ok_or_else(closed)?;
+        let asked = link::get_request(link::by_index(1));
+        let answer = Self::block_on(rt, &mut self.unspawned, async move {
+            tokio::time::timeout(wait, exchange(handle, asked, NLM_F_ACK)).await
+        });
+        match answer {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(Refused::Closed)) => Err(closed()),
+            Ok(Err(Refused::Errno(errno))) => Err(Error::Kernel {
+                op: "looking up the loopback link".into(),
+                errno,
+            }),
         }
     }
 

@@ -89,14 +89,14 @@ impl LinkInfo {
     }
 }
 
-fn by_index(index: u32) -> LinkMessage {
+pub(crate) fn by_index(index: u32) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg
 }
 
 /// A GETLINK request: statistics are skipped, they are the costliest part of the reply.
-fn get_request(mut msg: LinkMessage) -> RouteNetlinkMessage {
+pub(crate) fn get_request(mut msg: LinkMessage) -> RouteNetlinkMessage {
     msg.attributes
         .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
     RouteNetlinkMessage::GetLink(msg)

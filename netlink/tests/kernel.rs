@@ -99,6 +99,69 @@ fn link_notification_arrives(after_request: bool) {
 }
 
 #[test]
+fn routes_changed_counts_every_change_before_it_and_overflow_too() {
+    let ns = Ns::new("changed");
+    ip(&[
+        "-n", &ns.0, "link", "add", "pnc0", "type", "veth", "peer", "name", "pnc1",
+    ]);
+    ip(&["-n", &ns.0, "addr", "add", "198.18.0.1/24", "dev", "pnc0"]);
+    ip(&["-n", &ns.0, "link", "set", "pnc1", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "pnc0", "up"]);
+    let mut nl = Netlink::in_netns(&ns.path()).unwrap_or_else(|e| panic!("{e}"));
+    // Asking needs a subscription.
+    assert!(nl.routes_changed().is_err());
+    nl.subscribe_routes().unwrap_or_else(|e| panic!("{e}"));
+    // A small buffer: a burst overflows it.
+    nl.set_notify_buffer(4096).unwrap_or_else(|e| panic!("{e}"));
+    let mut changed = || nl.routes_changed().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!changed(), "nothing happened yet");
+    // A change made just before asking is counted, without waiting for it.
+    ip(&[
+        "-n",
+        &ns.0,
+        "route",
+        "add",
+        "10.99.1.0/24",
+        "via",
+        "198.18.0.2",
+    ]);
+    assert!(changed());
+    assert!(!changed(), "each change is counted once");
+    ip(&["-n", &ns.0, "route", "del", "10.99.1.0/24"]);
+    assert!(changed(), "a removal is a change");
+    // Address changes move connected routes: they count as well.
+    ip(&["-n", &ns.0, "addr", "add", "198.19.0.1/24", "dev", "pnc0"]);
+    assert!(changed());
+    // A burst larger than the buffer: notifications are lost, which reads as a change,
+    // and the connection keeps working.
+    let batch = std::env::temp_dir().join(format!("pnnl-changed-{}.batch", std::process::id()));
+    let text: String = (0..2000)
+        .map(|i| {
+            format!(
+                "route add 10.{}.{}.0/24 via 198.18.0.2\n",
+                100 + i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(&batch, text).unwrap_or_else(|e| panic!("{e}"));
+    ip(&["-n", &ns.0, "-batch", &batch.display().to_string()]);
+    let _ = std::fs::remove_file(&batch);
+    assert!(changed());
+    assert!(!changed(), "quiet again after the overflow");
+    ip(&[
+        "-n",
+        &ns.0,
+        "route",
+        "add",
+        "10.99.2.0/24",
+        "via",
+        "198.18.0.2",
+    ]);
+    assert!(changed());
+}
+
+#[test]
 fn batches_report_each_refusal_and_work_inside_a_tokio_runtime() {
     let ns = Ns::new("batch");
     ip(&[

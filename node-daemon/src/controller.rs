@@ -105,6 +105,7 @@ pub struct DaemonMetrics {
     routes_rejected: Family<RuleLabel, Gauge>,
     rejections: Family<RuleLabel, Counter>,
     drift_repairs: Counter,
+    route_checks: Family<CheckLabel, Counter>,
     errors: Counter,
     sync_duration: Histogram,
     firewall: Family<BackendLabel, Gauge>,
@@ -124,6 +125,13 @@ pub struct ChainLabel {
     pub chain: String,
 }
 
+/// Label of the route-check metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    /// `read` or `unchanged`.
+    pub how: &'static str,
+}
+
 /// Label of the firewall-backend metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
@@ -140,6 +148,7 @@ impl DaemonMetrics {
             routes_rejected: Family::default(),
             rejections: Family::default(),
             drift_repairs: Counter::default(),
+            route_checks: Family::default(),
             errors: Counter::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             firewall: Family::default(),
@@ -216,6 +225,11 @@ impl DaemonMetrics {
             "drift_repairs",
             "Writes that repaired a difference found by a check",
             m.drift_repairs.clone(),
+        );
+        r.register(
+            "route_checks",
+            "Passes by how they checked the routing table: read (dumped and compared) or unchanged (the kernel's route notifications said nothing changed since the last read)",
+            m.route_checks.clone(),
         );
         r.register("errors", "Sync passes with an error", m.errors.clone());
         r.register(
@@ -333,6 +347,96 @@ pub fn programmed(desired: &Desired, report: &PassReport) -> Programmed {
         );
     }
     cond(ConditionStatus::True, reason::PROGRAMMED, programmed)
+}
+
+/// Passes in a row that may rely on an earlier read of the routing table; the next one
+/// reads it whatever the notifications say (at the default 10 s period, once a minute).
+const ROUTE_READ_EVERY: u32 = 6;
+
+/// The receive buffer of the route-notification socket: a burst larger than this (a
+/// first sync's own writes, say) overflows it, which reads as a change; it never holds
+/// more than this in the daemon's memory.
+const ROUTE_NOTIFY_BUFFER: usize = 64 << 10;
+
+/// Whether a pass must read the routing table. Reading it is most of a quiet pass at
+/// scale (20,000 routes: the kernel's dump alone takes ~20 ms of CPU), so a pass reads
+/// it only when it may have changed since the last read: a route notification arrived
+/// (anyone's change, the daemon's own writes included) or notifications were lost, the
+/// desired routes changed, the last read found an error, or [`ROUTE_READ_EVERY`]
+/// passes went by. Otherwise the last read's findings stand.
+#[derive(Default)]
+struct RouteWatch {
+    /// A connection subscribed to route notifications in the daemon's namespace.
+    monitor: Option<Netlink>,
+    /// What the last read found, while it holds.
+    verified: Option<Verified>,
+    /// Passes that relied on the last read.
+    relied: u32,
+    /// The default route's MTU, while the last read holds.
+    default_mtu: Option<u32>,
+}
+
+/// What a read of the routing table found, for a pass that does not read it.
+#[derive(Clone)]
+struct Verified {
+    /// Peer routes the kernel's view refused.
+    rejected: Vec<Rejection>,
+    /// Peer routes in place.
+    programmed: usize,
+}
+
+impl RouteWatch {
+    /// The last read's findings if the table cannot have changed since; `None` when it
+    /// must be read. The notification socket is opened before the first read, so
+    /// nothing after that read goes unseen.
+    fn unchanged(
+        &mut self,
+        open: impl FnOnce() -> Result<Netlink, podnet_netlink::Error>,
+    ) -> Option<Verified> {
+        if self.monitor.is_none() {
+            self.verified = None;
+            let opened = open().and_then(|mut m| {
+                m.subscribe_routes()?;
+                m.set_notify_buffer(ROUTE_NOTIFY_BUFFER)?;
+                Ok(m)
+            });
+            match opened {
+                Ok(m) => self.monitor = Some(m),
+                Err(e) => {
+                    debug!(error = %e, "cannot subscribe to route notifications; reading the table")
+                }
+            }
+        }
+        let changed = match self.monitor.as_mut().map(Netlink::routes_changed) {
+            Some(Ok(changed)) => changed,
+            Some(Err(e)) => {
+                debug!(error = %e, "route notifications failed; reading the table");
+                self.monitor = None;
+                true
+            }
+            None => true,
+        };
+        if changed || self.relied + 1 >= ROUTE_READ_EVERY {
+            self.verified = None;
+        }
+        if self.verified.is_none() {
+            self.default_mtu = None;
+        }
+        let verified = self.verified.clone()?;
+        self.relied += 1;
+        Some(verified)
+    }
+
+    /// Records a read: its findings (`None`: it found an error; read again next time).
+    fn read(&mut self, verified: Option<Verified>) {
+        self.verified = verified;
+        self.relied = 0;
+    }
+
+    /// The desired routes changed: the last read's findings are for other routes.
+    fn desired_changed(&mut self) {
+        self.verified = None;
+    }
 }
 
 /// What a desired state is computed from (besides the state before it): the NodeRoute
@@ -646,6 +750,8 @@ impl Daemon {
         // desired state (a periodic check at 20,000 peers spent most of its time
         // working it out again).
         let mut applied_from: Option<Inputs> = None;
+        // When the routing table must be read again.
+        let mut route_watch = RouteWatch::default();
         // Whether `applied` is what the saved state holds (or nothing is due there).
         let mut saved = false;
         // The policy plan last applied (`Some(None)`: the table removed).
@@ -697,7 +803,11 @@ impl Daemon {
                     };
                     match nl {
                         Ok(mut nl) => {
-                            let mut report = self.sync(&mut nl, desired);
+                            if changed {
+                                route_watch.desired_changed();
+                            }
+                            let mut report =
+                                self.sync_watched(&mut nl, desired, Some(&mut route_watch));
                             // The table waits for the node's own CIDRs: a pod address is
                             // known from them.
                             let policy_due = policy_plan.is_some() || policy_applied != Some(None);
@@ -839,8 +949,20 @@ impl Daemon {
         *seen = now;
     }
 
-    /// One pass: each part applied on its own, every error collected.
+    /// One pass: each part applied on its own, every error collected; the routing
+    /// table is read and compared in full.
     pub fn sync(&self, nl: &mut Netlink, desired: &Desired) -> PassReport {
+        self.sync_watched(nl, desired, None)
+    }
+
+    /// One pass; with `watch`, the routing table is read only when it may have
+    /// changed since the last read ([`RouteWatch`]).
+    fn sync_watched(
+        &self,
+        nl: &mut Netlink,
+        desired: &Desired,
+        watch: Option<&mut RouteWatch>,
+    ) -> PassReport {
         let mut report = PassReport {
             rejected: desired.rejected.clone(),
             ..Default::default()
@@ -862,25 +984,55 @@ impl Daemon {
                 Err(e) => report.errors.push(format!("bridge addresses: {e}")),
             }
         }
-        let kernel = read_routes(nl).and_then(|routes| {
-            let addresses = nl
-                .all_addresses()?
-                .into_iter()
-                .filter(|a| Some(a.index) != bridge.as_ref().map(|b| b.index))
-                .filter_map(|a| IpNet::new(a.ip, a.prefix).ok())
-                .collect();
-            Ok(KernelView { routes, addresses })
-        });
-        match kernel {
-            Ok(kernel) => {
-                let plan = plan_routes(&desired.routes, &kernel);
-                report.rejected.extend(plan.rejected.iter().cloned());
-                report.routes = apply_routes(nl, &plan);
-                report.errors.extend(report.routes.errors.iter().cloned());
+        let mut watch = watch;
+        match watch
+            .as_deref_mut()
+            .and_then(|w| w.unchanged(|| self.netlink()))
+        {
+            Some(verified) => {
+                self.metrics
+                    .route_checks
+                    .get_or_create(&CheckLabel { how: "unchanged" })
+                    .inc();
+                report.rejected.extend(verified.rejected);
+                report.routes.programmed = verified.programmed;
             }
-            Err(e) => report
-                .errors
-                .push(format!("reading the routing table: {e}")),
+            None => {
+                self.metrics
+                    .route_checks
+                    .get_or_create(&CheckLabel { how: "read" })
+                    .inc();
+                let kernel = read_routes(nl).and_then(|routes| {
+                    let addresses = nl
+                        .all_addresses()?
+                        .into_iter()
+                        .filter(|a| Some(a.index) != bridge.as_ref().map(|b| b.index))
+                        .filter_map(|a| IpNet::new(a.ip, a.prefix).ok())
+                        .collect();
+                    Ok(KernelView { routes, addresses })
+                });
+                let verified = match kernel {
+                    Ok(kernel) => {
+                        let plan = plan_routes(&desired.routes, &kernel);
+                        report.rejected.extend(plan.rejected.iter().cloned());
+                        report.routes = apply_routes(nl, &plan);
+                        report.errors.extend(report.routes.errors.iter().cloned());
+                        report.routes.errors.is_empty().then_some(Verified {
+                            rejected: plan.rejected,
+                            programmed: report.routes.programmed,
+                        })
+                    }
+                    Err(e) => {
+                        report
+                            .errors
+                            .push(format!("reading the routing table: {e}"));
+                        None
+                    }
+                };
+                if let Some(w) = watch.as_deref_mut() {
+                    w.read(verified);
+                }
+            }
         }
         report.rejected.sort();
         let (backend, masquerade) = self.masquerade(desired);
@@ -890,10 +1042,16 @@ impl Daemon {
             Err(e) => report.errors.push(format!("masquerade: {e}")),
         }
         if !desired.own_cidrs.is_empty() {
-            let mtu = match desired.mtu {
-                Some(m) => Ok(m),
-                None => nl.default_route_mtu(),
+            // The default route's MTU is looked up again only when the table may have
+            // changed (it takes a dump of the whole table: 20,000 routes at scale).
+            let known = watch.as_deref().and_then(|w| w.default_mtu);
+            let mtu = match (desired.mtu, known) {
+                (Some(m), _) | (None, Some(m)) => Ok(m),
+                (None, None) => nl.default_route_mtu(),
             };
+            if let (Some(w), Ok(m), None) = (watch, &mtu, desired.mtu) {
+                w.default_mtu = Some(*m);
+            }
             match mtu {
                 Ok(mtu) => {
                     let text = cniconf::render(

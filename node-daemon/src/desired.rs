@@ -334,8 +334,8 @@ struct Claim<'a> {
     /// Not routed to this peer by the last pass (incumbents rank first).
     challenger: bool,
     since: Option<Timestamp>,
-    /// The peer's addresses (an index into the parsed gateways).
-    gateways: usize,
+    /// The peer's first address of the CIDR's family.
+    via: Option<IpAddr>,
 }
 
 /// Computes the desired state of node `own`. `previous` is what the last pass applied:
@@ -386,7 +386,6 @@ pub fn desired_state(
 
     // Every peer CIDR that passes the per-object rules, then conflicts in priority order.
     let mut claims: Vec<Claim> = Vec::new();
-    let mut gateways: Vec<Vec<IpAddr>> = Vec::new();
     for nr in noderoutes.iter().map(Borrow::borrow) {
         let name: &str = &nr.name;
         if name == own {
@@ -436,7 +435,6 @@ pub fn desired_state(
             }
         }
         let since = allocated_since(nr);
-        gateways.push(ips);
         for s in &status.pod_cidrs {
             let cidr = match s.parse::<IpNet>() {
                 Ok(c) if c == c.trunc() => c,
@@ -470,7 +468,10 @@ pub fn desired_state(
                 cidr,
                 challenger: incumbents.get(&cidr) != Some(&name),
                 since,
-                gateways: gateways.len() - 1,
+                via: ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv4() == cidr.addr().is_ipv4()),
             });
         }
     }
@@ -505,17 +506,10 @@ pub fn desired_state(
         pod_space.insert(p, "");
     }
     for Claim {
-        name,
-        cidr,
-        gateways: ips,
-        ..
+        name, cidr, via, ..
     } in accepted
     {
-        let Some(via) = gateways[ips]
-            .iter()
-            .copied()
-            .find(|ip| ip.is_ipv4() == cidr.addr().is_ipv4())
-        else {
+        let Some(via) = via else {
             let fam = if cidr.addr().is_ipv4() {
                 "IPv4"
             } else {
