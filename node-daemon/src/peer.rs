@@ -10,7 +10,6 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use podnet_common::Named;
 use podnet_crds::{API_VERSION, NodeRoute, condition_type, find_condition};
 
@@ -141,7 +140,7 @@ impl Named for Peer {
 pub fn record_for(own: &str) -> impl Fn(NodeRoute) -> Peer + Send + 'static {
     let own = own.to_string();
     move |nr| {
-        let is_own = nr.name_any() == own;
+        let is_own = nr.metadata.name.as_deref() == Some(own.as_str());
         Peer::new(nr, is_own)
     }
 }
