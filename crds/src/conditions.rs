@@ -127,17 +127,28 @@ pub fn make_condition(
     message: String,
     observed_generation: Option<i64>,
 ) -> Condition {
-    let last_transition_time = find_condition(previous, type_)
+    let since = find_condition(previous, type_)
         .filter(|c| c.status == status.as_str())
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        .map(|c| c.last_transition_time.0);
+    condition_since(since, type_, status, reason, message, observed_generation)
+}
+
+/// A condition of type `type_` whose status has held `since` (none: it changes now).
+pub fn condition_since(
+    since: Option<k8s_openapi::jiff::Timestamp>,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    observed_generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: status.as_str().to_string(),
         reason: reason.to_string(),
         message,
         observed_generation,
-        last_transition_time,
+        last_transition_time: Time(since.unwrap_or_else(k8s_openapi::jiff::Timestamp::now)),
     }
 }
 

@@ -14,8 +14,8 @@ mod noderoute;
 mod podnetwork;
 
 pub use conditions::{
-    ConditionStatus, condition_is, condition_type, find_condition, make_condition, reason,
-    same_conditions,
+    ConditionStatus, condition_is, condition_since, condition_type, find_condition, make_condition,
+    reason, same_conditions,
 };
 pub use crdgen::{CrdFile, crd_files};
 pub use noderoute::{NodeRoute, NodeRouteSpec, NodeRouteStatus};

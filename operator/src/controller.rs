@@ -34,10 +34,9 @@ use crate::events::Announcer;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::network::evaluate_networks;
-use crate::node::NodeFacts;
-use crate::plan::{
-    OWN_CONDITIONS, PlanConfig, Snapshot, SyncState, needs_allocation, plan, status_cidrs,
-};
+use crate::node::{NodeFacts, NodeObject};
+use crate::plan::{PlanConfig, Snapshot, SyncState, needs_allocation, plan};
+use crate::route::RouteFacts;
 use crate::writer::Writer;
 pub use crate::writer::{Error, FIELD_MANAGER};
 
@@ -75,7 +74,7 @@ impl Default for ControllerConfig {
 pub struct Operator {
     client: Client,
     nodes: Cache<NodeFacts>,
-    noderoutes: Cache<NodeRoute>,
+    noderoutes: Cache<RouteFacts>,
     networks: Store<PodNetwork>,
     notify: Arc<Notify>,
     leadership: Leadership,
@@ -88,21 +87,6 @@ pub struct Operator {
 fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
     obj.meta_mut().annotations = None;
-}
-
-/// Keeps what planning reads of a NodeRoute: its owner reference, labels, the daemon's
-/// conditions and firewall are never read (writes carry only the operator's own
-/// conditions, and a conflict is settled from a fresh GET, not from the cache).
-fn strip_noderoute(nr: &mut NodeRoute) {
-    strip_meta(nr);
-    nr.metadata.owner_references = None;
-    nr.metadata.labels = None;
-    if let Some(status) = nr.status.as_mut() {
-        status
-            .conditions
-            .retain(|c| OWN_CONDITIONS.contains(&c.type_.as_str()));
-        status.firewall = None;
-    }
 }
 
 /// Passes of at least this many writes are large: the memory their plan took goes
@@ -121,21 +105,18 @@ impl Operator {
     ) -> Self {
         let notify = Arc::new(Notify::new());
         let client = clients.request;
-        // Caches of podnet's own (not kube's reflector): no second copy of each
-        // object's name, uid and resourceVersion as its key.
+        // Caches of podnet's own (not kube's reflector): records of what planning
+        // reads, keyed by their own names.
         let nodes = spawn_cache(
-            Api::<NodeFacts>::all(clients.watch.clone()),
+            Api::<NodeObject>::all(clients.watch.clone()),
             Arc::clone(&notify),
-            |n: NodeFacts| n,
+            NodeFacts::from,
             None,
         );
         let noderoutes = spawn_cache(
             Api::<NodeRoute>::all(clients.watch.clone()),
             Arc::clone(&notify),
-            |mut nr: NodeRoute| {
-                strip_noderoute(&mut nr);
-                nr
-            },
+            RouteFacts::from,
             None,
         );
         let networks = spawn_reflector(
@@ -250,12 +231,13 @@ impl Operator {
         loop {
             let page = api.list(&params).await?;
             for nr in page.items {
+                let facts = RouteFacts::from(&nr);
                 allocator.restore(
-                    &nr.name_any(),
-                    nr.spec.pod_network.as_deref(),
-                    &status_cidrs(&nr),
+                    &facts.name,
+                    facts.network.as_deref(),
+                    &facts.status.pod_cidrs,
                 );
-                if needs_allocation(&nr, &allocator, &views) {
+                if needs_allocation(&facts, &allocator, &views) {
                     to_fence.push(nr);
                 }
             }
@@ -289,10 +271,11 @@ impl Operator {
             .await;
         for result in fenced {
             if let Some(fresh) = result? {
+                let facts = RouteFacts::from(&fresh);
                 allocator.restore(
-                    &fresh.name_any(),
-                    fresh.spec.pod_network.as_deref(),
-                    &status_cidrs(&fresh),
+                    &facts.name,
+                    facts.network.as_deref(),
+                    &facts.status.pod_cidrs,
                 );
             }
         }

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod plan;
+pub mod route;
 pub mod writer;

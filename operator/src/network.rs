@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::NodeAddress;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use podnet_crds::PodNetwork;
 
 use crate::allocator::{Family, NetworkPools};
-use crate::node::NodeFacts;
 
 /// A PodNetwork as the operator sees it: parsed, and judged usable or not.
 #[derive(Clone, Debug)]
@@ -137,8 +137,7 @@ pub fn choose_network<'a>(
 
 /// The addresses peers reach a node at: per family, the first InternalIP, else the first
 /// ExternalIP; IPv4 first. Unparsable addresses are ignored.
-pub fn node_ips(node: &NodeFacts) -> Vec<String> {
-    let addresses = &node.addresses;
+pub fn node_ips(addresses: &[NodeAddress]) -> Vec<String> {
     let mut out = Vec::new();
     for family in [Family::V4, Family::V6] {
         let pick = |kind: &str| {
@@ -179,16 +178,16 @@ pub fn node_ip_problem(ip: IpAddr) -> Option<&'static str> {
 }
 
 /// One node's addresses, as [`choose_node_ips`] weighs them.
-#[derive(Clone, Debug, Default)]
-pub struct NodeAddresses {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeAddresses<'a> {
     /// The node's name.
-    pub name: String,
+    pub name: &'a str,
     /// When the Node was created (the older node wins a duplicate).
     pub created: Option<k8s_openapi::jiff::Timestamp>,
     /// The addresses its Node reports ([`node_ips`]).
-    pub candidates: Vec<String>,
+    pub candidates: &'a [String],
     /// The nodeIPs its NodeRoute publishes now.
-    pub previous: Vec<String>,
+    pub previous: &'a [String],
 }
 
 /// What one node's addresses become.
@@ -206,12 +205,8 @@ pub struct NodeIpChoice {
 /// served pool and every allocated CIDR), or that another node has: an address claimed
 /// twice goes to the node whose NodeRoute already publishes it, else to the older Node
 /// (then the lower name). A refused address leaves the node's previous IP of that
-/// family in force.
-///
-pub fn choose_node_ips(
-    nodes: &[NodeAddresses],
-    pod_space: &[IpNet],
-) -> BTreeMap<String, NodeIpChoice> {
+/// family in force. The choices come in the order of `nodes`.
+pub fn choose_node_ips(nodes: &[NodeAddresses], pod_space: &[IpNet]) -> Vec<NodeIpChoice> {
     // Who each address goes to: (not an incumbent, creation time, name) sorts first.
     let mut owner: BTreeMap<IpAddr, (bool, Option<k8s_openapi::jiff::Timestamp>, &str)> =
         BTreeMap::new();
@@ -226,7 +221,7 @@ pub fn choose_node_ips(
             let Ok(ip) = s.parse::<IpAddr>() else {
                 continue;
             };
-            let key = (!previous.contains(s), *created, name.as_str());
+            let key = (!previous.contains(s), *created, *name);
             owner
                 .entry(ip)
                 .and_modify(|k| {
@@ -238,7 +233,7 @@ pub fn choose_node_ips(
         }
     }
     let inside_pods = |ip: IpAddr| pod_space.iter().find(|n| n.contains(&ip));
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(nodes.len());
     for NodeAddresses {
         name,
         candidates,
@@ -255,7 +250,7 @@ pub fn choose_node_ips(
                 return Some(format!("{ip} lies inside the pod CIDR {net}"));
             }
             match owner.get(ip) {
-                Some((_, _, other)) if *other != name.as_str() => {
+                Some((_, _, other)) if other != name => {
                     Some(format!("{ip} is node {other}'s address"))
                 }
                 _ => None,
@@ -286,7 +281,7 @@ pub fn choose_node_ips(
                 None => {}
             }
         }
-        out.insert(name.clone(), choice);
+        out.push(choice);
     }
     out
 }
@@ -362,13 +357,10 @@ mod tests {
     #[test]
     fn bad_node_addresses_are_refused_and_the_previous_ones_stay() {
         let pods: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap_or_else(|e| panic!("{e}"))];
-        let n = |name: &str, created: i64, candidates: &[&str], previous: &[&str]| NodeAddresses {
-            name: name.into(),
-            created: at(created),
-            candidates: strings(candidates),
-            previous: strings(previous),
+        let n = |name: &'static str, created: i64, candidates: &[&str], previous: &[&str]| {
+            (name, at(created), strings(candidates), strings(previous))
         };
-        let nodes = vec![
+        let owned = [
             // a: holds 198.18.0.1; b (newer) now claims it too: a keeps it, b keeps its own.
             n("a", 1, &["198.18.0.1"], &["198.18.0.1"]),
             n("b", 2, &["198.18.0.1"], &["198.18.0.2"]),
@@ -380,7 +372,18 @@ mod tests {
             n("mc", 7, &["224.0.0.5", "fe80::1"], &[]),
             n("ok", 8, &["198.18.0.8", "2001:db8::8"], &[]),
         ];
-        let got = choose_node_ips(&nodes, &pods);
+        let nodes: Vec<NodeAddresses> = owned
+            .iter()
+            .map(|(name, created, candidates, previous)| NodeAddresses {
+                name,
+                created: *created,
+                candidates,
+                previous,
+            })
+            .collect();
+        let choices = choose_node_ips(&nodes, &pods);
+        let got: BTreeMap<&str, &NodeIpChoice> =
+            nodes.iter().map(|n| n.name).zip(choices.iter()).collect();
         let ips = |n: &str| got.get(n).map(|c| c.ips.clone()).unwrap_or_default();
         let refused = |n: &str| got.get(n).map(|c| c.refused.join("; ")).unwrap_or_default();
         assert_eq!(ips("a"), ["198.18.0.1"]);
@@ -406,17 +409,14 @@ mod tests {
             type_: t.into(),
             address: a.into(),
         };
-        let node = NodeFacts {
-            addresses: vec![
-                addr("Hostname", "n1"),
-                addr("ExternalIP", "203.0.113.9"),
-                addr("ExternalIP", "2001:db8::9"),
-                addr("InternalIP", "198.18.0.2"),
-                addr("InternalIP", "not-an-ip"),
-            ],
-            ..Default::default()
-        };
-        assert_eq!(node_ips(&node), vec!["198.18.0.2", "2001:db8::9"]);
-        assert!(node_ips(&NodeFacts::default()).is_empty());
+        let addresses = [
+            addr("Hostname", "n1"),
+            addr("ExternalIP", "203.0.113.9"),
+            addr("ExternalIP", "2001:db8::9"),
+            addr("InternalIP", "198.18.0.2"),
+            addr("InternalIP", "not-an-ip"),
+        ];
+        assert_eq!(node_ips(&addresses), vec!["198.18.0.2", "2001:db8::9"]);
+        assert!(node_ips(&[]).is_empty());
     }
 }

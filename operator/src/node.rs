@@ -3,31 +3,75 @@
 //! A full `k8s_openapi` Node is large even when trimmed after decoding: every optional
 //! field of its spec and status takes room inline, and a kubelet's Node carries images,
 //! conditions, capacity and managed fields the operator never looks at. At 20,000 nodes
-//! that was the biggest share of the operator's memory. [`NodeFacts`] keeps only name,
-//! uid, resourceVersion, labels, creation and deletion time, `spec.podCIDRs` and
-//! `status.addresses`; the decoder skips everything else without allocating it.
+//! that was the biggest share of the operator's memory. The watch decodes a
+//! [`NodeObject`] (name, uid, resourceVersion, labels, creation and deletion time,
+//! `spec.podCIDRs` and `status.addresses`; the decoder skips everything else without
+//! allocating it), and the cache keeps the smaller [`NodeFacts`] made from it: no
+//! `ObjectMeta`, and of the addresses only the ones peers would route through.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::NodeAddress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::core::ClusterResourceScope;
+use podnet_common::Named;
 use serde::Deserialize;
 
-/// What the operator knows of one Node.
+use crate::network::node_ips;
+
+/// What the operator knows of one Node (the cache's record).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// metadata.name.
+    pub name: Box<str>,
+    /// metadata.uid.
+    pub uid: Box<str>,
+    /// metadata.labels (PodNetworks select nodes by them).
+    pub labels: BTreeMap<String, String>,
+    /// metadata.creationTimestamp (the older node wins a duplicate address).
+    pub created: Option<Timestamp>,
+    /// Whether spec.podCIDRs is set (the operator may copy its allocation into an empty
+    /// one).
+    pub has_pod_cidrs: bool,
+    /// The addresses peers would route through ([`node_ips`] of status.addresses).
+    pub ips: Vec<String>,
+}
+
+impl Named for NodeFacts {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl From<NodeObject> for NodeFacts {
+    fn from(n: NodeObject) -> Self {
+        let m = n.metadata;
+        Self {
+            name: m.name.unwrap_or_default().into(),
+            uid: m.uid.unwrap_or_default().into(),
+            labels: m.labels.unwrap_or_default(),
+            created: m.creation_timestamp.map(|t| t.0),
+            has_pod_cidrs: !n.pod_cidrs.is_empty(),
+            ips: node_ips(&n.addresses),
+        }
+    }
+}
+
+/// A Node as the watch decodes it.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(from = "Wire")]
-pub struct NodeFacts {
+pub struct NodeObject {
     /// name, uid, resourceVersion, labels, creationTimestamp, deletionTimestamp.
     pub metadata: ObjectMeta,
-    /// spec.podCIDRs (the operator may copy its allocation into an empty one).
+    /// spec.podCIDRs.
     pub pod_cidrs: Vec<String>,
     /// status.addresses.
     pub addresses: Vec<NodeAddress>,
 }
 
-impl kube::Resource for NodeFacts {
+impl kube::Resource for NodeObject {
     type DynamicType = ();
     type Scope = ClusterResourceScope;
 
@@ -86,7 +130,7 @@ struct WireStatus {
     addresses: Option<Vec<NodeAddress>>,
 }
 
-impl From<Wire> for NodeFacts {
+impl From<Wire> for NodeObject {
     fn from(w: Wire) -> Self {
         let m = w.metadata;
         Self {
@@ -130,7 +174,7 @@ mod tests {
                 "nodeInfo": {"kubeletVersion": "v1.36.3"}
             }
         });
-        let n: NodeFacts = serde_json::from_value(json).unwrap_or_default();
+        let n: NodeObject = serde_json::from_value(json).unwrap_or_default();
         assert_eq!(n.name_any(), "n1");
         assert_eq!(n.uid().as_deref(), Some("u1"));
         assert_eq!(n.resource_version().as_deref(), Some("42"));
@@ -144,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_node_without_spec_or_status_decodes_empty() {
-        let n: NodeFacts =
+        let n: NodeObject =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "bare"}}))
                 .unwrap_or_default();
         assert_eq!(n.name_any(), "bare");
@@ -152,10 +196,24 @@ mod tests {
     }
 
     #[test]
-    fn is_smaller_than_a_full_node() {
+    fn the_record_keeps_what_planning_reads() {
+        let n: NodeObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "uid": "u1", "labels": {"zone": "a"},
+                         "creationTimestamp": "2026-12-03T10:00:00Z"},
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {"addresses": [{"type": "Hostname", "address": "n1"},
+                                     {"type": "InternalIP", "address": "198.18.0.2"}]}
+        }))
+        .unwrap_or_default();
+        let facts = NodeFacts::from(n);
+        assert_eq!((&*facts.name, &*facts.uid), ("n1", "u1"));
+        assert_eq!(facts.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(facts.created.map(|t| t.as_second()), Some(1_796_292_000));
+        assert!(facts.has_pod_cidrs);
+        assert_eq!(facts.ips, ["198.18.0.2"]);
         assert!(
             std::mem::size_of::<NodeFacts>()
-                < std::mem::size_of::<k8s_openapi::api::core::v1::Node>() / 2,
+                < std::mem::size_of::<k8s_openapi::api::core::v1::Node>() / 4,
             "{} vs {}",
             std::mem::size_of::<NodeFacts>(),
             std::mem::size_of::<k8s_openapi::api::core::v1::Node>()

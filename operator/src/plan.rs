@@ -5,28 +5,30 @@
 //! controller (`controller.rs`) snapshots and sets metrics; the writer (`writer.rs`)
 //! performs the jobs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use podnet_common::Named;
 use podnet_crds::condition_type::ALLOCATED;
 use podnet_crds::{
     ConditionStatus, NodeRoute, NodeRouteStatus, PodNetwork, PodNetworkStatus, PoolUsage,
-    QuarantinedCidr, condition_is, condition_type, make_condition, reason, same_conditions,
+    QuarantinedCidr, condition_is, condition_since, condition_type, make_condition, reason,
+    same_conditions,
 };
 use tracing::info;
 
 use crate::allocator::{AllocError, Allocator, Family, Problem, Quarantined};
 use crate::network::{
     NetworkView, NodeAddresses, NodeIpChoice, choose_network, choose_node_ips, evaluate_networks,
-    node_ips,
 };
 use crate::node::NodeFacts;
+use crate::route::{RouteFacts, StatusFacts};
 
 /// The NodeRoute conditions the operator owns.
 pub(crate) const OWN_CONDITIONS: [&str; 2] =
@@ -37,28 +39,75 @@ pub(crate) const OWN_CONDITIONS: [&str; 2] =
 pub struct Snapshot {
     /// The pass's clock (quarantine ends are measured against it).
     pub now: Timestamp,
-    /// Nodes by name.
-    pub nodes: BTreeMap<String, Arc<NodeFacts>>,
-    /// NodeRoutes by name.
-    pub noderoutes: BTreeMap<String, Arc<NodeRoute>>,
+    /// Nodes.
+    pub nodes: ByName<NodeFacts>,
+    /// NodeRoutes.
+    pub noderoutes: ByName<RouteFacts>,
     /// Every PodNetwork.
     pub networks: Vec<Arc<PodNetwork>>,
 }
 
 impl Snapshot {
-    /// A snapshot of these objects, taken at `now`.
+    /// A snapshot of these records, taken at `now`.
     pub fn new(
         now: Timestamp,
         nodes: impl IntoIterator<Item = Arc<NodeFacts>>,
-        noderoutes: impl IntoIterator<Item = Arc<NodeRoute>>,
+        noderoutes: impl IntoIterator<Item = Arc<RouteFacts>>,
         networks: impl IntoIterator<Item = Arc<PodNetwork>>,
     ) -> Self {
         Self {
             now,
-            nodes: nodes.into_iter().map(|n| (n.name_any(), n)).collect(),
-            noderoutes: noderoutes.into_iter().map(|n| (n.name_any(), n)).collect(),
+            nodes: ByName::new(nodes),
+            noderoutes: ByName::new(noderoutes),
             networks: networks.into_iter().collect(),
         }
+    }
+}
+
+/// Records sorted by name, found by it (the cache's own records: no key copies).
+#[derive(Clone, Debug)]
+pub struct ByName<R>(Vec<Arc<R>>);
+
+impl<R> Default for ByName<R> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<R: Named> ByName<R> {
+    fn new(records: impl IntoIterator<Item = Arc<R>>) -> Self {
+        let mut v: Vec<Arc<R>> = records.into_iter().collect();
+        v.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+        v.dedup_by(|a, b| a.name() == b.name());
+        Self(v)
+    }
+
+    /// The record named `name`.
+    pub fn get(&self, name: &str) -> Option<&R> {
+        self.0
+            .binary_search_by(|r| r.name().cmp(name))
+            .ok()
+            .map(|i| &*self.0[i])
+    }
+
+    /// Whether a record is named `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every record, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &R)> {
+        self.0.iter().map(|r| (r.name(), &**r))
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -108,8 +157,8 @@ pub enum Job {
         uid: String,
         /// spec.podNetwork.
         network: Option<String>,
-        /// The status to write after the create.
-        status: NodeRouteStatus,
+        /// The status to write after the create (boxed, as below).
+        status: Box<NodeRouteStatus>,
     },
     /// Apply the operator's part of a NodeRoute's status.
     WriteStatus {
@@ -117,8 +166,9 @@ pub enum Job {
         name: String,
         /// The resourceVersion the status was planned from (the precondition).
         rv: String,
-        /// The desired status.
-        status: NodeRouteStatus,
+        /// The desired status (boxed: a pass's list holds a job per node, and every
+        /// job takes the size of the largest).
+        status: Box<NodeRouteStatus>,
     },
     /// Record the network chosen for a node without CIDRs in its spec.
     SetNetwork {
@@ -251,7 +301,7 @@ struct NodeInput<'a> {
     network: Option<&'a str>,
     ips: &'a NodeIpChoice,
     generation: Option<i64>,
-    previous: &'a [Condition],
+    previous: &'a StatusFacts,
 }
 
 /// What the loop carries from pass to pass within one leadership term.
@@ -287,12 +337,12 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
     let mut jobs = Vec::new();
     let mut waiting: HashMap<String, usize> = HashMap::new();
 
-    for (name, nr) in noderoutes {
+    for (name, nr) in noderoutes.iter() {
         state.pending_create.remove(name);
-        if !nodes.contains_key(name) && nr.metadata.deletion_timestamp.is_none() {
+        if !nodes.contains(name) && !nr.deleting {
             jobs.push(Job::DeleteOrphan {
-                name: name.clone(),
-                uid: nr.uid().unwrap_or_default(),
+                name: name.to_string(),
+                uid: nr.uid.to_string(),
             });
         }
     }
@@ -304,8 +354,8 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
         .allocator
         .nodes()
         .filter(|n| {
-            !noderoutes.contains_key(*n)
-                && !nodes.contains_key(*n)
+            !noderoutes.contains(n)
+                && !nodes.contains(n)
                 && !state.pending_create.contains(*n)
                 && !state.confirming.contains(*n)
         })
@@ -325,25 +375,24 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
     let addresses: Vec<NodeAddresses> = nodes
         .iter()
         .map(|(name, node)| NodeAddresses {
-            name: name.clone(),
-            created: node.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            candidates: node_ips(node),
+            name,
+            created: node.created,
+            candidates: &node.ips,
             previous: noderoutes
                 .get(name)
-                .and_then(|nr| nr.status.as_ref())
-                .map(|s| s.node_ips.clone())
-                .unwrap_or_default(),
+                .map_or(&[], |nr| &nr.status.node_ips[..]),
         })
         .collect();
-    let mut ip_choices = choose_node_ips(&addresses, &pod_space);
+    let ip_choices = choose_node_ips(&addresses, &pod_space);
+    drop(addresses);
+    let none = StatusFacts::default();
 
-    for (name, node) in nodes {
-        let ips = ip_choices.remove(name).unwrap_or_default();
+    for ((name, node), ips) in nodes.iter().zip(ip_choices) {
         let Some(nr) = noderoutes.get(name) else {
             if state.pending_create.contains(name) {
                 continue;
             }
-            let network = choose_network(node.labels(), &views).map(|v| v.name.clone());
+            let network = choose_network(&node.labels, &views).map(|v| v.name.clone());
             // A new object starts at generation 1.
             let status = state.plan_status(
                 &NodeInput {
@@ -351,28 +400,27 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
                     network: network.as_deref(),
                     ips: &ips,
                     generation: Some(1),
-                    previous: &[],
+                    previous: &none,
                 },
                 &views,
                 &mut waiting,
             );
-            state.pending_create.insert(name.clone());
+            state.pending_create.insert(name.to_string());
             jobs.push(Job::Create {
-                name: name.clone(),
-                uid: node.uid().unwrap_or_default(),
+                name: name.to_string(),
+                uid: node.uid.to_string(),
                 network,
-                status,
+                status: Box::new(status),
             });
             continue;
         };
         if let Some(p) = state.pending.get(name) {
-            let rv = nr.resource_version().unwrap_or_default();
-            if rv == p.before {
+            if *nr.resource_version == *p.before {
                 continue; // our own write is not in the cache yet
             }
             state.pending.remove(name);
         }
-        let in_status = status_cidrs(nr);
+        let in_status = &nr.status.pod_cidrs[..];
         if in_status != state.allocator.holdings(name) {
             if state.allocator.network_of(name).is_none()
                 && state.allocator.holdings(name).is_empty()
@@ -381,65 +429,63 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
                 // the problems it may have be reported.
                 state
                     .allocator
-                    .restore(name, nr.spec.pod_network.as_deref(), &in_status);
+                    .restore(name, nr.network.as_deref(), in_status);
             } else {
                 // Changed by someone else during this term (by hand): the node keeps
                 // what it was allocated; the status is written back below.
                 jobs.push(Job::Announce {
-                    reference: nr.object_ref(&()),
+                    reference: nr.object_ref(),
                     reason: reason::INVALID_ALLOCATION,
                     note: format!(
                         "status.podCIDRs was changed outside podnet-operator to [{}]; a node's CIDRs never change while it exists: restored [{}]",
-                        join(&in_status),
+                        join(in_status),
                         join(state.allocator.holdings(name))
                     ),
                 });
             }
         }
-        let network = match nr.spec.pod_network.clone() {
-            Some(n) => Some(n),
-            None => choose_network(node.labels(), &views).map(|v| v.name.clone()),
+        let network = match nr.network.as_deref() {
+            Some(n) => Some(n.to_string()),
+            None => choose_network(&node.labels, &views).map(|v| v.name.clone()),
         };
-        if nr.spec.pod_network != network
+        if nr.network.as_deref() != network.as_deref()
             && network.is_some()
             && state.allocator.holdings(name).is_empty()
         {
             jobs.push(Job::SetNetwork {
-                name: name.clone(),
-                rv: nr.resource_version().unwrap_or_default(),
+                name: name.to_string(),
+                rv: nr.resource_version.to_string(),
                 network: network.unwrap_or_default(),
             });
             continue;
         }
-        let current = nr.status.clone().unwrap_or_default();
         let desired = state.plan_status(
             &NodeInput {
                 name,
                 network: network.as_deref(),
                 ips: &ips,
-                generation: nr.metadata.generation,
-                previous: &current.conditions,
+                generation: nr.generation,
+                previous: &nr.status,
             },
             &views,
             &mut waiting,
         );
-        let node_cidrs = &node.pod_cidrs;
         let allocated = condition_is(&desired.conditions, ALLOCATED, ConditionStatus::True);
         if config.set_node_pod_cidrs
-            && node_cidrs.is_empty()
+            && !node.has_pod_cidrs
             && allocated
             && !desired.pod_cidrs.is_empty()
         {
             jobs.push(Job::SetNodePodCidrs {
-                name: name.clone(),
+                name: name.to_string(),
                 cidrs: desired.pod_cidrs.clone(),
             });
         }
-        if !same_operator_status(&current, &desired) {
+        if !nr.status.same_as(&desired) {
             jobs.push(Job::WriteStatus {
-                name: name.clone(),
-                rv: nr.resource_version().unwrap_or_default(),
-                status: desired,
+                name: name.to_string(),
+                rv: nr.resource_version.to_string(),
+                status: Box::new(desired),
             });
         }
     }
@@ -476,25 +522,16 @@ pub fn plan(snapshot: &Snapshot, state: &mut SyncState, config: &PlanConfig) -> 
     }
 }
 
-/// The pod CIDRs a NodeRoute's status lists (unparsable entries left out).
-pub(crate) fn status_cidrs(nr: &NodeRoute) -> Vec<IpNet> {
-    nr.status
-        .as_ref()
-        .map(|s| s.pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Whether a NodeRoute lacks a CIDR of a family its network serves (a new leader
 /// fences it before allocating).
 pub(crate) fn needs_allocation(
-    nr: &NodeRoute,
+    nr: &RouteFacts,
     allocator: &Allocator,
     views: &[NetworkView],
 ) -> bool {
-    let held = allocator.holdings(&nr.name_any());
+    let held = allocator.holdings(&nr.name);
     let Some(view) = nr
-        .spec
-        .pod_network
+        .network
         .as_deref()
         .and_then(|n| views.iter().find(|v| v.name == n))
     else {
@@ -504,20 +541,6 @@ pub(crate) fn needs_allocation(
         .families()
         .iter()
         .any(|f| !held.iter().any(|c| Family::of(c) == *f))
-}
-
-fn same_operator_status(current: &NodeRouteStatus, desired: &NodeRouteStatus) -> bool {
-    let mine = |s: &NodeRouteStatus| -> Vec<Condition> {
-        s.conditions
-            .iter()
-            .filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str()))
-            .cloned()
-            .collect()
-    };
-    current.node_ips == desired.node_ips
-        && current.pod_cidrs == desired.pod_cidrs
-        && current.observed_generation == desired.observed_generation
-        && same_conditions(&mine(current), &mine(desired))
 }
 
 fn same_network_status(previous: &PodNetworkStatus, desired: &PodNetworkStatus) -> bool {
@@ -640,9 +663,18 @@ impl SyncState {
                 }
             }
         };
+        let condition = |type_, status, reason, message| {
+            condition_since(
+                previous.since(type_, status),
+                type_,
+                status,
+                reason,
+                message,
+                generation,
+            )
+        };
         let ips_condition = if ips.refused.is_empty() {
-            make_condition(
-                previous,
+            condition(
                 condition_type::NODE_IPS_VALID,
                 ConditionStatus::True,
                 reason::VALID_NODE_IPS,
@@ -650,11 +682,9 @@ impl SyncState {
                     "peers route this node's pods through {}",
                     ips.ips.join(", ")
                 ),
-                generation,
             )
         } else {
-            make_condition(
-                previous,
+            condition(
                 condition_type::NODE_IPS_VALID,
                 ConditionStatus::False,
                 reason::INVALID_NODE_IP,
@@ -663,7 +693,6 @@ impl SyncState {
                     ips.refused.join("; "),
                     ips.ips.join(", ")
                 ),
-                generation,
             )
         };
         NodeRouteStatus {
@@ -674,10 +703,7 @@ impl SyncState {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            conditions: vec![
-                make_condition(previous, ALLOCATED, status, reason, message, generation),
-                ips_condition,
-            ],
+            conditions: vec![condition(ALLOCATED, status, reason, message), ips_condition],
             observed_generation: generation,
             // The daemon's field; the operator's apply never names it.
             firewall: None,
@@ -842,10 +868,11 @@ impl SyncState {
                 if let Some(nr) = fresh
                     && (adopt || !known)
                 {
+                    let facts = RouteFacts::from(&*nr);
                     self.allocator.restore(
                         &name,
-                        nr.spec.pod_network.as_deref(),
-                        &status_cidrs(&nr),
+                        facts.network.as_deref(),
+                        &facts.status.pod_cidrs,
                     );
                 }
             }
@@ -870,8 +897,8 @@ impl SyncState {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::NodeAddress;
-    use kube::api::ObjectMeta;
+    use std::collections::BTreeMap;
+
     use podnet_crds::{NodeRouteSpec, PodNetworkSpec, find_condition};
 
     use super::*;
@@ -891,15 +918,9 @@ mod tests {
 
     fn node(name: &str, ip: &str) -> Arc<NodeFacts> {
         Arc::new(NodeFacts {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                uid: Some(format!("uid-{name}")),
-                ..Default::default()
-            },
-            addresses: vec![NodeAddress {
-                type_: "InternalIP".into(),
-                address: ip.into(),
-            }],
+            name: name.into(),
+            uid: format!("uid-{name}").into(),
+            ips: vec![ip.into()],
             ..Default::default()
         })
     }
@@ -918,7 +939,13 @@ mod tests {
         Arc::new(pn)
     }
 
-    fn noderoute(name: &str, network: &str, rv: &str, status: NodeRouteStatus) -> Arc<NodeRoute> {
+    fn noderoute(name: &str, network: &str, rv: &str, status: NodeRouteStatus) -> Arc<RouteFacts> {
+        Arc::new(RouteFacts::from(noderoute_object(
+            name, network, rv, status,
+        )))
+    }
+
+    fn noderoute_object(name: &str, network: &str, rv: &str, status: NodeRouteStatus) -> NodeRoute {
         let mut nr = NodeRoute::new(
             name,
             NodeRouteSpec {
@@ -930,14 +957,14 @@ mod tests {
         nr.metadata.uid = Some(format!("nr-{name}"));
         nr.metadata.generation = Some(1);
         nr.status = Some(status);
-        Arc::new(nr)
+        nr
     }
 
     fn created(plan: &Plan) -> BTreeMap<String, NodeRouteStatus> {
         plan.jobs
             .iter()
             .filter_map(|j| match j {
-                Job::Create { name, status, .. } => Some((name.clone(), status.clone())),
+                Job::Create { name, status, .. } => Some((name.clone(), (**status).clone())),
                 _ => None,
             })
             .collect()
@@ -1156,7 +1183,7 @@ mod tests {
         let mut state = SyncState::for_term(1, Allocator::new());
         let snap = Snapshot::new(at(0), [node("n1", "192.0.2.1")], [], [Arc::clone(&pn)]);
         let _ = plan(&snap, &mut state, &CONFIG);
-        let theirs = noderoute(
+        let theirs = noderoute_object(
             "n1",
             "pods",
             "9",
@@ -1168,7 +1195,7 @@ mod tests {
         state.fold(
             Outcome::Conflict {
                 name: "n1".into(),
-                fresh: Some(Box::new(theirs.as_ref().clone())),
+                fresh: Some(Box::new(theirs)),
                 adopt: true,
             },
             at(1),

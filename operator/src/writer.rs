@@ -232,11 +232,11 @@ impl Writer {
                     .write("create", nr_api.create(&PostParams::default(), &nr))
                     .await
                     .map_err(Refusal::adopting)?;
-                self.write_status(&name, created.resource_version(), status)
+                self.write_status(&name, created.resource_version(), *status)
                     .await
             }
             Job::WriteStatus { name, rv, status } => {
-                self.write_status(&name, Some(rv), status).await
+                self.write_status(&name, Some(rv), *status).await
             }
             Job::SetNetwork { name, rv, network } => {
                 let patch =
