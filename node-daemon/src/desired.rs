@@ -11,11 +11,12 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use podnet_crds::{PodNetwork, reason};
+use podnet_crds::PodNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::peer::Peer;
@@ -29,8 +30,24 @@ pub struct PeerRoute {
     pub dst: IpNet,
     /// The peer's node address of the same family.
     pub via: IpAddr,
-    /// The peer node.
-    pub node: String,
+    /// The peer node (its record's name, shared).
+    #[serde(with = "shared_str")]
+    pub node: Arc<str>,
+}
+
+/// Serializes an `Arc<str>` as the string it is.
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(de).map(Arc::from)
+    }
 }
 
 /// Why a peer's CIDR (or the whole peer) gets no route. Each rule has a stable name,
@@ -171,13 +188,13 @@ pub struct Desired {
 }
 
 impl Desired {
-    /// Which peer each routed CIDR belongs to: the incumbents the next computation
-    /// keeps on a conflict.
-    pub fn incumbents(&self) -> BTreeMap<IpNet, &str> {
+    /// Which peer `cidr` is routed to: the incumbent the next computation keeps on a
+    /// conflict. The routes are sorted by destination (as computed, and as loaded).
+    pub fn incumbent(&self, cidr: &IpNet) -> Option<&str> {
         self.routes
-            .iter()
-            .map(|r| (r.dst, r.node.as_str()))
-            .collect()
+            .binary_search_by(|r| r.dst.cmp(cidr))
+            .ok()
+            .map(|i| &*self.routes[i].node)
     }
 }
 
@@ -233,18 +250,15 @@ impl Pools {
     }
 }
 
-/// Whether the operator vouches for the CIDRs in a NodeRoute's status: `Allocated` is
-/// True, or it waits for a family the pool is out of (`False`/`PoolExhausted`: the
-/// CIDRs it holds stay valid), or a new operator leader fenced it and will allocate
-/// next (`Unknown`/`Pending`).
+/// Whether the operator vouches for the CIDRs in a NodeRoute's status
+/// ([`crate::peer::vouches`], decided when the record was made).
 fn vouched(nr: &Peer) -> Result<(), String> {
     match nr.status.as_ref().and_then(|s| s.allocated.as_ref()) {
         None => Err("no Allocated condition".into()),
-        Some(c) => match (&*c.status, &*c.reason) {
-            ("True", _) => Ok(()),
-            ("False", reason::POOL_EXHAUSTED) | ("Unknown", reason::PENDING) => Ok(()),
-            (s, r) => Err(format!("Allocated is {s} ({r})")),
-        },
+        Some(c) => c
+            .refused
+            .as_deref()
+            .map_or(Ok(()), |why| Err(why.to_string())),
     }
 }
 
@@ -278,34 +292,42 @@ fn unicast_problem(ip: IpAddr) -> Option<&'static str> {
 /// Non-overlapping CIDRs, per family, ordered by start: overlap checks in O(log n).
 #[derive(Default)]
 struct SpanSet<'a> {
-    spans: BTreeMap<(bool, u128), (u128, &'a str)>,
+    /// IPv4 spans by start: (end, owner). Apart from IPv6, so an entry takes 24 bytes
+    /// and not 64 (at 20,000 peers the set is a large share of a pass's memory).
+    v4: BTreeMap<u32, (u32, &'a str)>,
+    v6: BTreeMap<u128, (u128, &'a str)>,
 }
 
-fn span(net: &IpNet) -> (bool, u128, u128) {
-    match net {
-        IpNet::V4(n) => (
-            false,
-            u128::from(u32::from(n.network())),
-            u128::from(u32::from(n.broadcast())),
-        ),
-        IpNet::V6(n) => (true, u128::from(n.network()), u128::from(n.broadcast())),
-    }
+/// The owner of the span in `spans` that ends at or after `lo` among those starting at
+/// or before `hi`: spans in a set never overlap, so that is the only candidate.
+fn owner_of<'a, T: Ord + Copy>(spans: &BTreeMap<T, (T, &'a str)>, lo: T, hi: T) -> Option<&'a str> {
+    spans
+        .range(..=hi)
+        .next_back()
+        .filter(|(_, (end, _))| *end >= lo)
+        .map(|(_, (_, owner))| *owner)
 }
 
 impl<'a> SpanSet<'a> {
     /// The owner of a held CIDR overlapping `net`.
     fn overlapping(&self, net: &IpNet) -> Option<&'a str> {
-        let (v6, lo, hi) = span(net);
-        self.spans
-            .range(..=(v6, hi))
-            .next_back()
-            .filter(|((f, _), (end, _))| *f == v6 && *end >= lo)
-            .map(|(_, (_, owner))| *owner)
+        match net {
+            IpNet::V4(n) => owner_of(&self.v4, u32::from(n.network()), u32::from(n.broadcast())),
+            IpNet::V6(n) => owner_of(&self.v6, u128::from(n.network()), u128::from(n.broadcast())),
+        }
     }
 
     fn insert(&mut self, net: &IpNet, owner: &'a str) {
-        let (v6, lo, hi) = span(net);
-        self.spans.insert((v6, lo), (hi, owner));
+        match net {
+            IpNet::V4(n) => {
+                let (lo, hi) = (u32::from(n.network()), u32::from(n.broadcast()));
+                self.v4.insert(lo, (hi, owner));
+            }
+            IpNet::V6(n) => {
+                let (lo, hi) = (u128::from(n.network()), u128::from(n.broadcast()));
+                self.v6.insert(lo, (hi, owner));
+            }
+        }
     }
 }
 
@@ -329,7 +351,7 @@ pub fn collapse(mut nets: Vec<IpNet>) -> Vec<IpNet> {
 
 /// One peer CIDR that passed the per-object rules, with what ranks it in a conflict.
 struct Claim<'a> {
-    name: &'a str,
+    name: &'a Arc<str>,
     cidr: IpNet,
     /// Not routed to this peer by the last pass (incumbents rank first).
     challenger: bool,
@@ -349,7 +371,6 @@ pub fn desired_state(
     networks: &[impl Borrow<PodNetwork>],
     previous: Option<&Desired>,
 ) -> Desired {
-    let incumbents = previous.map(Desired::incumbents).unwrap_or_default();
     let mut out = Desired::default();
     let pools: BTreeMap<String, Pools> = networks
         .iter()
@@ -385,7 +406,7 @@ pub fn desired_state(
     }
 
     // Every peer CIDR that passes the per-object rules, then conflicts in priority order.
-    let mut claims: Vec<Claim> = Vec::new();
+    let mut claims: Vec<Claim> = Vec::with_capacity(noderoutes.len());
     for nr in noderoutes.iter().map(Borrow::borrow) {
         let name: &str = &nr.name;
         if name == own {
@@ -464,9 +485,9 @@ pub fn desired_state(
                 continue;
             }
             claims.push(Claim {
-                name,
+                name: &nr.name,
                 cidr,
-                challenger: incumbents.get(&cidr) != Some(&name),
+                challenger: previous.and_then(|p| p.incumbent(&cidr)) != Some(name),
                 since,
                 via: ips
                     .iter()
@@ -479,8 +500,8 @@ pub fn desired_state(
     claims.sort_unstable_by(|a, b| {
         (a.challenger, a.since, a.name, a.cidr).cmp(&(b.challenger, b.since, b.name, b.cidr))
     });
-    let mut accepted: Vec<Claim> = Vec::new();
-    for claim in claims {
+    // In rank order (retain visits in order), each claim against those kept before it.
+    claims.retain(|claim| {
         if let Some(owner) = held.overlapping(&claim.cidr) {
             let (rule, detail) = if owner == own {
                 (
@@ -494,20 +515,21 @@ pub fn desired_state(
                 )
             };
             reject(&mut out, claim.name, Some(claim.cidr), rule, detail);
-            continue;
+            return false;
         }
         held.insert(&claim.cidr, claim.name);
-        accepted.push(claim);
-    }
+        true
+    });
 
     // Gateways: a unicast address of the CIDR's family, outside every pod CIDR.
     let mut pod_space = SpanSet::default();
     for p in &out.pod_pools {
         pod_space.insert(p, "");
     }
+    out.routes.reserve_exact(claims.len());
     for Claim {
         name, cidr, via, ..
-    } in accepted
+    } in claims
     {
         let Some(via) = via else {
             let fam = if cidr.addr().is_ipv4() {
@@ -548,7 +570,7 @@ pub fn desired_state(
         out.routes.push(PeerRoute {
             dst: cidr,
             via,
-            node: name.to_string(),
+            node: Arc::clone(name),
         });
     }
     out.routes.sort();

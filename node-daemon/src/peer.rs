@@ -7,17 +7,19 @@
 //! resourceVersion); a `Peer` takes a few hundred bytes. At 20,000 nodes that is the
 //! difference between the daemon's memory following the cluster and not.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use podnet_common::Named;
-use podnet_crds::{API_VERSION, NodeRoute, condition_type, find_condition};
+use podnet_crds::{API_VERSION, NodeRoute, condition_type, find_condition, reason};
 
 /// One NodeRoute as the daemon reads it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Peer {
-    /// metadata.name (the node's name).
-    pub name: Box<str>,
+    /// metadata.name (the node's name; shared with the routes to it).
+    pub name: Arc<str>,
     /// metadata.uid (events on the NodeRoute name it).
     pub uid: Option<Box<str>>,
     /// metadata.creationTimestamp.
@@ -45,10 +47,9 @@ pub struct PeerStatus {
 /// The parts of the `Allocated` condition the daemon reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Allocated {
-    /// True, False or Unknown (as written).
-    pub status: Box<str>,
-    /// Its reason.
-    pub reason: Box<str>,
+    /// Why the operator does not vouch for the CIDRs in the status; `None`: it does
+    /// ([`vouches`]).
+    pub refused: Option<Box<str>>,
     /// Its lastTransitionTime: when the allocation was made.
     pub since: Timestamp,
 }
@@ -82,8 +83,7 @@ impl Peer {
             PeerStatus {
                 allocated: find_condition(&s.conditions, condition_type::ALLOCATED).map(|c| {
                     Allocated {
-                        status: c.status.as_str().into(),
-                        reason: c.reason.as_str().into(),
+                        refused: vouches(&c.status, &c.reason).err().map(Into::into),
                         since: c.last_transition_time.0,
                     }
                 }),
@@ -116,6 +116,18 @@ impl Peer {
             uid: self.uid.as_deref().map(Into::into),
             ..Default::default()
         }
+    }
+}
+
+/// Whether an `Allocated` condition with this status and reason vouches for the CIDRs
+/// in the status: it is True, or it waits for a family the pool is out of
+/// (`False`/`PoolExhausted`: the CIDRs it holds stay valid), or a new operator leader
+/// fenced it and will allocate next (`Unknown`/`Pending`).
+pub fn vouches(status: &str, reason: &str) -> Result<(), String> {
+    match (status, reason) {
+        ("True", _) => Ok(()),
+        ("False", reason::POOL_EXHAUSTED) | ("Unknown", reason::PENDING) => Ok(()),
+        (s, r) => Err(format!("Allocated is {s} ({r})")),
     }
 }
 
@@ -187,7 +199,7 @@ mod tests {
             .allocated
             .as_ref()
             .unwrap_or_else(|| panic!("no Allocated"));
-        assert_eq!((&*a.status, &*a.reason), ("True", "Allocated"));
+        assert_eq!(a.refused, None);
         assert_eq!(a.since.to_string(), "2026-12-03T10:00:01Z");
         // A peer's Programmed condition and firewall are not the daemon's business.
         assert!(p.own.is_none());

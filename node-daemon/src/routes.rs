@@ -108,7 +108,7 @@ pub fn plan_routes(desired: &[PeerRoute], kernel: &KernelView) -> RoutePlan {
     let node_networks: Vec<IpNet> = kernel.addresses.iter().map(IpNet::trunc).collect();
     let reject = |plan: &mut RoutePlan, peer: &PeerRoute, rule: Rule, detail: String| {
         plan.rejected.push(Rejection {
-            node: peer.node.clone(),
+            node: peer.node.to_string(),
             cidr: Some(peer.dst),
             rule,
             detail,

@@ -42,8 +42,13 @@ pub enum StateError {
 pub fn load(dir: &Path) -> Result<Option<Desired>, StateError> {
     let path = dir.join(FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Ok(bytes) => serde_json::from_slice::<Desired>(&bytes)
+            .map(|mut d| {
+                // Sorted as computed; a file written otherwise is sorted here
+                // (`Desired::incumbent` searches it).
+                d.routes.sort();
+                Some(d)
+            })
             .map_err(|source| StateError::Parse { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StateError::Io { path, source }),
