@@ -4,7 +4,7 @@
 //! field of its spec and status takes room inline, and a kubelet's Node carries images,
 //! conditions, capacity and managed fields the operator never looks at. At 20,000 nodes
 //! that was the biggest share of the operator's memory. The watch decodes a
-//! [`NodeObject`] (name, uid, resourceVersion, labels, creation and deletion time,
+//! [`NodeObject`] (name, uid, resourceVersion, labels, creation time,
 //! `spec.podCIDRs` and `status.addresses`; the decoder skips everything else without
 //! allocating it), and the cache keeps the smaller [`NodeFacts`] made from it: no
 //! `ObjectMeta`, and of the addresses only the ones peers would route through.
@@ -63,7 +63,7 @@ impl From<NodeObject> for NodeFacts {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(from = "Wire")]
 pub struct NodeObject {
-    /// name, uid, resourceVersion, labels, creationTimestamp, deletionTimestamp.
+    /// name, uid, resourceVersion, labels, creationTimestamp.
     pub metadata: ObjectMeta,
     /// spec.podCIDRs.
     pub pod_cidrs: Vec<String>,
@@ -114,7 +114,6 @@ struct WireMeta {
     resource_version: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Time>,
-    deletion_timestamp: Option<Time>,
 }
 
 #[derive(Deserialize)]
@@ -140,7 +139,6 @@ impl From<Wire> for NodeObject {
                 resource_version: m.resource_version,
                 labels: m.labels,
                 creation_timestamp: m.creation_timestamp,
-                deletion_timestamp: m.deletion_timestamp,
                 ..Default::default()
             },
             pod_cidrs: w.spec.and_then(|s| s.pod_cidrs).unwrap_or_default(),

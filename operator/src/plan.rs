@@ -99,16 +99,6 @@ impl<R: Named> ByName<R> {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &R)> {
         self.0.iter().map(|r| (r.name(), &**r))
     }
-
-    /// How many records there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// The planning settings ([`crate::controller::ControllerConfig`]'s share of them).
