@@ -133,6 +133,10 @@ pub fn bridge_mac(conf: &NetConf) -> [u8; 6] {
 /// cached changes. Read from sysfs, which shows the plugin's network namespace when the
 /// runtime runs it on the node (elsewhere the file is missing and nothing is done).
 fn pin_bridge_mac(nl: &mut Netlink, conf: &NetConf, bridge: &LinkInfo) -> Result<(), CniError> {
+    if bridge.mac == bridge_mac(conf) {
+        // The fixed address podnet-cni gives the bridges it makes: nothing to read.
+        return Ok(());
+    }
     let path = format!("/sys/class/net/{}/addr_assign_type", conf.bridge);
     let random = std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == "1");
     if random && bridge.mac.len() == 6 && bridge.mac != bridge_mac(conf) {
@@ -205,11 +209,13 @@ fn keep_accepting_router_advertisements() -> Result<(), (String, std::io::Error)
     Ok(())
 }
 
-/// ADD runs on two threads at once (the machine has several cores and most of the time
-/// is kernel work): a thread of ours enters the pod's namespace, checks that the interface
-/// name is free and, once the veth exists, configures the pod side; meanwhile the main
-/// thread, which never leaves the host namespace, prepares the bridge and the leases,
-/// creates the veth and configures the host side. Any failure undoes everything.
+/// ADD runs on two threads at once: the main thread, which never leaves the host
+/// namespace, prepares the bridge and creates the veth pair straight away, then
+/// configures the host end; meanwhile a thread of ours enters the pod's namespace,
+/// takes the leases (file work: the namespace does not matter to it) and, once the veth
+/// exists, configures the pod side. Nothing waits for a name check first: the kernel
+/// refuses the veth whole when either name is taken, and only then is the pod side
+/// asked which one. Any failure undoes everything.
 ///
 /// The whole ADD holds the attachment's lock: a second ADD, a DEL or a GC for the same
 /// container and ifname waits (GC skips it), so none can remove what this one builds.
@@ -218,74 +224,125 @@ fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
     let netns = open_netns(&netns_path)?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     let _lock = AttachmentLock::acquire(&conf.data_dir, &conf.name, &host_name)?;
-    let (checked_tx, checked_rx) = mpsc::channel::<Result<(), CniError>>();
-    let (go_tx, go_rx) = mpsc::channel::<Vec<IpNet>>();
+    let (to_pod, from_host) = mpsc::channel::<HostSays>();
+    let (to_host, from_pod) = mpsc::channel::<bool>();
+    let (netns, netns_path) = (&netns, netns_path.as_path());
     std::thread::scope(|s| {
         let pod_side = std::thread::Builder::new()
             .stack_size(256 * 1024)
-            .spawn_scoped(s, || {
-                pod_thread(&netns, &netns_path, &env.ifname, checked_tx, go_rx)
+            .spawn_scoped(s, move || {
+                pod_thread(env, conf, netns, netns_path, from_host, to_host)
             })
             .map_err(|e| CniError::new(Code::Io, "cannot start a thread", e.to_string()))?;
-        let host_side = host_add(env, conf, &netns, &checked_rx, go_tx);
-        let pod_side = pod_side.join().unwrap_or_else(|_| {
-            Err(CniError::new(
+        let host_side = host_add(env, conf, netns, &to_pod, &from_pod);
+        // Nothing more to say: a pod side still waiting for word stops.
+        drop(to_pod);
+        let pod_side = pod_side.join().unwrap_or_else(|_| PodSide {
+            leases: None,
+            link: Err(CniError::new(
                 Code::Io,
                 "internal error",
                 "the pod-side thread panicked",
-            ))
+            )),
         });
-        match (host_side, pod_side) {
-            (Ok((bridge, host_link, leases)), Ok(Some(pod_link))) => {
-                if !conf.port_mappings.is_empty() {
-                    let ips: Vec<IpAddr> = leases.iter().map(IpNet::addr).collect();
-                    if let Err(e) = hostports::add(conf, &env.container_id, &host_name, &ips) {
-                        undo_add(env, conf);
-                        return Err(e);
-                    }
-                }
-                Ok(AddResult {
-                    interfaces: vec![bridge, host_link, pod_link],
-                    ips: leases
-                        .iter()
-                        .map(|l| (*l, NetConf::gateway(&l.trunc())))
-                        .collect(),
-                    dns: conf.dns.clone(),
-                })
-            }
-            (Err(HostError::BeforeVeth(e)), _) => Err(e),
-            (Err(HostError::AfterVeth(e)), _) | (Ok(_), Err(e)) => {
-                undo_add(env, conf);
-                Err(e)
-            }
-            (Ok(_), Ok(None)) => {
-                undo_add(env, conf);
-                Err(CniError::new(
-                    Code::Io,
-                    "internal error",
-                    "the pod side stopped without a result",
-                ))
-            }
-        }
+        finish_add(env, conf, host_side, pod_side)
     })
 }
 
-/// Host-side failures, by whether there is anything to undo.
-enum HostError {
-    /// Nothing is left to undo (leases taken were released).
-    BeforeVeth(CniError),
-    /// The veth and the leases exist and must go.
-    AfterVeth(CniError),
+/// What the host side tells the pod side.
+enum HostSays {
+    /// The veth exists: configure the pod end.
+    Created,
+    /// The kernel refused the veth because a name is taken: answer whether the pod's
+    /// namespace has an interface named like the pod end.
+    NameTaken,
 }
 
-type HostSide = (ResultInterface, ResultInterface, Vec<IpNet>);
+/// Host-side failures, by what is left to undo.
+enum HostError {
+    /// No veth was made (leases the pod side took for this ADD go back).
+    BeforeVeth(CniError),
+    /// The veth exists and must go, with the leases.
+    AfterVeth(CniError),
+    /// The pod side ended before it could answer; its own error says why.
+    PodGone,
+}
+
+/// The bridge and the host end, as the result reports them.
+type HostSide = (ResultInterface, ResultInterface);
+
+/// What the pod-side thread did.
+struct PodSide {
+    /// The leases it took, and whether the attachment held them before this ADD (a
+    /// repeated ADD: those are never released here).
+    leases: Option<(Vec<IpNet>, bool)>,
+    /// The pod's interface, configured; `None` when the host side gave up first.
+    link: Result<Option<ResultInterface>, CniError>,
+}
+
+/// Puts the two sides together: the result, or the first cause of failure after
+/// undoing what was made.
+fn finish_add(
+    env: &Env,
+    conf: &NetConf,
+    host_side: Result<HostSide, HostError>,
+    pod_side: PodSide,
+) -> Result<AddResult, CniError> {
+    let PodSide { leases, link } = pod_side;
+    match (host_side, link) {
+        (Ok((bridge, host_link)), Ok(Some(pod_link))) => {
+            let leases = leases.map(|(l, _)| l).unwrap_or_default();
+            if !conf.port_mappings.is_empty() {
+                let ips: Vec<IpAddr> = leases.iter().map(IpNet::addr).collect();
+                let host_name = host_veth_name(&env.container_id, &env.ifname);
+                if let Err(e) = hostports::add(conf, &env.container_id, &host_name, &ips) {
+                    undo_add(env, conf);
+                    return Err(e);
+                }
+            }
+            Ok(AddResult {
+                interfaces: vec![bridge, host_link, pod_link],
+                ips: leases
+                    .iter()
+                    .map(|l| (*l, NetConf::gateway(&l.trunc())))
+                    .collect(),
+                dns: conf.dns.clone(),
+            })
+        }
+        (Err(HostError::BeforeVeth(e)), _) | (Err(HostError::PodGone), Err(e)) => {
+            release_new_leases(env, conf, leases.as_ref());
+            Err(e)
+        }
+        (Err(HostError::AfterVeth(e)), _) | (Ok(_), Err(e)) => {
+            undo_add(env, conf);
+            Err(e)
+        }
+        (Err(HostError::PodGone), Ok(_)) | (Ok(_), Ok(None)) => {
+            undo_add(env, conf);
+            Err(CniError::new(
+                Code::Io,
+                "internal error",
+                "the pod side stopped without a result",
+            ))
+        }
+    }
+}
+
+/// Gives back leases this ADD took, never those the attachment held before it.
+fn release_new_leases(env: &Env, conf: &NetConf, leases: Option<&(Vec<IpNet>, bool)>) {
+    if let Some((_, false)) = leases
+        && let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name)
+    {
+        let _ = ipam.release(&env.container_id, &env.ifname);
+    }
+}
 
 fn host_add(
     env: &Env,
     conf: &NetConf,
     netns: &File,
-    checked: &mpsc::Receiver<Result<(), CniError>>,
-    go: mpsc::Sender<Vec<IpNet>>,
+    to_pod: &mpsc::Sender<HostSays>,
+    from_pod: &mpsc::Receiver<bool>,
 ) -> Result<HostSide, HostError> {
     let before = HostError::BeforeVeth;
     let mut host = Netlink::new().map_err(|e| before(e.into()))?;
@@ -296,64 +353,52 @@ fn host_add(
     };
     let bridge = ensure_bridge(&mut host, conf, mtu).map_err(before)?;
     ensure_forwarding(conf).map_err(before)?;
-    // Whether this attachment held leases already (a repeated ADD): those are never
-    // released here.
-    let mut held_before = false;
-    let leases = Ipam::open(&conf.data_dir, &conf.name).and_then(|mut ipam| {
-        held_before = !ipam.lookup(&env.container_id, &env.ifname).is_empty();
-        ipam.allocate(&conf.pod_cidrs, &env.container_id, &env.ifname)
-    });
-    // The veth only once the pod side confirmed the interface name is free; a taken
-    // name is the error to report, and the leases just taken go back.
-    let check = checked.recv().unwrap_or_else(|_| {
-        Err(CniError::new(
-            Code::Io,
-            "internal error",
-            "the pod-side thread ended early",
-        ))
-    });
-    if let Err(e) = check {
-        if leases.is_ok()
-            && !held_before
-            && let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name)
-        {
-            let _ = ipam.release(&env.container_id, &env.ifname);
-        }
-        return Err(before(e));
-    }
-    let leases = leases.map_err(before)?;
     let after = HostError::AfterVeth;
-    match host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd()) {
-        Ok(()) => {}
+    let echoed = match host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd()) {
+        Ok(echoed) => echoed,
         Err(e) if e.is_exists() => {
-            // A host end left by an interrupted ADD of this same attachment: its name is
-            // ours by construction, and this ADD holds the attachment's lock, so no other
+            // A name is taken. The pod's interface name: that is the error to report,
+            // and nothing was touched. Otherwise it is the host end, left by an
+            // interrupted ADD of this same attachment: its name is ours by
+            // construction and this ADD holds the attachment's lock, so no other
             // invocation is building it. Remove it and try once more.
+            to_pod
+                .send(HostSays::NameTaken)
+                .map_err(|_| HostError::PodGone)?;
+            if from_pod.recv().map_err(|_| HostError::PodGone)? {
+                return Err(before(CniError::new(
+                    Code::InterfaceExists,
+                    "interface already exists",
+                    format!(
+                        "{} exists in {}",
+                        env.ifname,
+                        env.netns.clone().unwrap_or_default().display()
+                    ),
+                )));
+            }
             host.del_link_by_name(&host_name)
                 .map_err(|e| after(e.into()))?;
             host.add_veth(&host_name, mtu, bridge.index, &env.ifname, netns.as_fd())
-                .map_err(|e| after(e.into()))?;
+                .map_err(|e| after(e.into()))?
         }
-        Err(e) => return Err(after(e.into())),
-    }
-    // The pod side configures addresses and routes while this thread does the host side.
-    go.send(leases.clone()).map_err(|_| {
-        after(CniError::new(
-            Code::Io,
-            "internal error",
-            "the pod-side thread ended early",
-        ))
-    })?;
-    let host_link = host
-        .link_by_name(&host_name)
-        .map_err(|e| after(e.into()))?
-        .ok_or_else(|| {
-            after(CniError::new(
-                Code::Io,
-                "host veth missing",
-                host_name.clone(),
-            ))
-        })?;
+        Err(e) => return Err(before(e.into())),
+    };
+    // The pod side configures addresses and routes while this thread does the host
+    // side. A pod side that has already ended reports why itself.
+    let _ = to_pod.send(HostSays::Created);
+    let host_link = match echoed {
+        Some(link) => link,
+        None => host
+            .link_by_name(&host_name)
+            .map_err(|e| after(e.into()))?
+            .ok_or_else(|| {
+                after(CniError::new(
+                    Code::Io,
+                    "host veth missing",
+                    host_name.clone(),
+                ))
+            })?,
+    };
     host.set_hairpin(host_link.index)
         .map_err(|e| after(e.into()))?;
     // A new bridge takes its address from its first port: read it again then.
@@ -376,7 +421,6 @@ fn host_add(
             mac: mac_string(&host_link.mac),
             sandbox: None,
         },
-        leases,
     ))
 }
 
@@ -398,51 +442,99 @@ fn no_dad_in_pod(ifname: &str, leases: &[IpNet]) -> Result<(), CniError> {
     })
 }
 
-/// Runs on a thread of its own that enters the pod's namespace and ends with the ADD.
-/// Returns the pod interface, or `None` when the host side gave up before the veth.
+/// Runs on a thread of its own that enters the pod's namespace and ends with the ADD:
+/// takes the leases, answers the host side's question when a name is taken, and
+/// configures the pod end once the veth exists.
 fn pod_thread(
+    env: &Env,
+    conf: &NetConf,
     netns: &File,
     netns_path: &Path,
+    from_host: mpsc::Receiver<HostSays>,
+    to_host: mpsc::Sender<bool>,
+) -> PodSide {
+    let failed = |e: CniError| PodSide {
+        leases: None,
+        link: Err(e),
+    };
+    // Subscribed before the first request (so on the same socket): the interface
+    // coming up is then read from notifications.
+    let pod = Netlink::enter_netns_on_this_thread(netns, netns_path)
+        .and_then(|mut pod| pod.subscribe_links().map(|()| pod));
+    let mut pod = match pod {
+        Ok(pod) => pod,
+        Err(e) => return failed(e.into()),
+    };
+    let mut held_before = false;
+    let leases = Ipam::open(&conf.data_dir, &conf.name).and_then(|mut ipam| {
+        held_before = !ipam.lookup(&env.container_id, &env.ifname).is_empty();
+        ipam.allocate(&conf.pod_cidrs, &env.container_id, &env.ifname)
+    });
+    // Without leases the host side's question is still answered: a taken interface
+    // name is the error to report, whatever else failed.
+    let created = loop {
+        match from_host.recv() {
+            Ok(HostSays::Created) => break true,
+            Ok(HostSays::NameTaken) => match pod.link_by_name(&env.ifname) {
+                Ok(found) => {
+                    let _ = to_host.send(found.is_some());
+                }
+                Err(e) => {
+                    return PodSide {
+                        leases: leases.ok().map(|l| (l, held_before)),
+                        link: Err(e.into()),
+                    };
+                }
+            },
+            Err(_) => break false,
+        }
+    };
+    match (leases, created) {
+        (Ok(leases), true) => {
+            let link = configure_pod(&mut pod, &env.ifname, netns_path, &leases).map(Some);
+            PodSide {
+                leases: Some((leases, held_before)),
+                link,
+            }
+        }
+        (Ok(leases), false) => PodSide {
+            leases: Some((leases, held_before)),
+            link: Ok(None),
+        },
+        (Err(e), true) => failed(e),
+        // The host side gave up first and reports why.
+        (Err(_), false) => PodSide {
+            leases: None,
+            link: Ok(None),
+        },
+    }
+}
+
+/// Configures the pod end of a new veth from inside the pod's namespace: up, its
+/// addresses, the default routes through the gateways; returns once it is
+/// operationally up.
+fn configure_pod(
+    pod: &mut Netlink,
     ifname: &str,
-    checked: mpsc::Sender<Result<(), CniError>>,
-    go: mpsc::Receiver<Vec<IpNet>>,
-) -> Result<Option<ResultInterface>, CniError> {
-    // Subscribed before the veth exists (and before the first request, so on the same
-    // socket): its arrival is read from the notification instead of asked for.
-    let check = Netlink::enter_netns_on_this_thread(netns, netns_path)
-        .and_then(|mut pod| pod.subscribe_links().map(|()| pod))
-        .map_err(CniError::from)
-        .and_then(|mut pod| match pod.link_by_name(ifname)? {
-            Some(_) => Err(CniError::new(
-                Code::InterfaceExists,
-                "interface already exists",
-                format!("{ifname} exists in {}", netns_path.display()),
-            )),
-            None => Ok(pod),
-        });
-    let mut pod = match check {
-        Ok(pod) => {
-            let _ = checked.send(Ok(()));
-            pod
-        }
-        Err(e) => {
-            let _ = checked.send(Err(e));
-            return Ok(None);
-        }
-    };
-    let Ok(leases) = go.recv() else {
-        return Ok(None);
-    };
-    let link = pod.wait_link_named(ifname, OPER_UP_TIMEOUT)?;
-    no_dad_in_pod(ifname, &leases)?;
+    netns_path: &Path,
+    leases: &[IpNet],
+) -> Result<ResultInterface, CniError> {
+    let link = pod.link_by_name(ifname)?.ok_or_else(|| {
+        CniError::new(
+            Code::Io,
+            "pod interface missing",
+            format!("{ifname} is not in {}", netns_path.display()),
+        )
+    })?;
+    no_dad_in_pod(ifname, leases)?;
     // Up first: an IPv6 address added to a link that is down joins its solicited-node
     // group only when the link comes up, after a random delay of up to a second, and
     // until then the host's neighbour solicitations for it go unanswered.
     pod.set_link(link.index, true, None)?;
-    for lease in &leases {
+    for lease in leases {
         pod.add_address(link.index, lease.addr(), lease.prefix_len(), Dad::Skip)?;
     }
-    for lease in &leases {
+    for lease in leases {
         let gateway = NetConf::gateway(&lease.trunc());
         let dst = if lease.addr().is_ipv4() {
             IpAddr::from([0u8; 4])
@@ -458,11 +550,11 @@ fn pod_thread(
         })?;
     }
     pod.wait_oper_up(link.index, OPER_UP_TIMEOUT)?;
-    Ok(Some(ResultInterface {
+    Ok(ResultInterface {
         name: link.name,
         mac: mac_string(&link.mac),
         sandbox: Some(netns_path.display().to_string()),
-    }))
+    })
 }
 
 /// Removes what a failed ADD made: the veth (both ends) and the leases.

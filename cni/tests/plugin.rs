@@ -803,6 +803,49 @@ fn an_add_repeated_without_del_keeps_the_first_attachment() {
 }
 
 #[test]
+fn an_add_after_an_interrupted_one_replaces_the_host_end_it_left() {
+    require_root();
+    let node = Node::new(&["10.244.19.0/24"]);
+    let pod = Netns::new("pncni-left");
+    // What an ADD killed mid-way can leave: the attachment's host end, its peer not in
+    // the pod (here still on the node, under another name).
+    let host_name = podnet_cni::plugin::host_veth_name("left", "eth0");
+    let made = node.ns.exec(&[
+        "ip",
+        "link",
+        "add",
+        &host_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pnleftover",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let first = node.add("left", &pod);
+    // The host end is the new pair's: its peer is the pod's eth0, the leftover is gone.
+    assert_eq!(node.host_veths(), vec![host_name.clone()]);
+    let pod_links = String::from_utf8_lossy(&pod.exec(&["ip", "-br", "addr"]).stdout).into_owned();
+    assert!(pod_links.contains(&ips(&first)[0]), "{pod_links}");
+    let gw = "10.244.19.1";
+    assert!(
+        pod.exec(&["ping", "-c", "1", "-W", "2", gw])
+            .status
+            .success(),
+        "the pod cannot reach its gateway"
+    );
+    assert!(
+        node.cni("DEL", "left", &pod.path(), "eth0", &node.conf("1.1.0"))
+            .0
+    );
+    assert!(node.leases().is_empty() && node.host_veths().is_empty());
+}
+
+#[test]
 fn gc_leaves_an_attachment_alone_while_an_operation_on_it_is_in_flight() {
     require_root();
     let node = Node::new(&["10.244.19.0/24"]);

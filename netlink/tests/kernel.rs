@@ -3,6 +3,7 @@
 //! from inside a tokio runtime. Needs root (fails, naming it, without).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,6 +11,11 @@ use std::time::{Duration, Instant};
 use podnet_netlink::{Netlink, Route, RouteFilter};
 
 fn ip(args: &[&str]) {
+    ip_out(args);
+}
+
+/// Runs `ip`, asserting it succeeded; returns what it printed.
+fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -20,6 +26,7 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A network namespace of this test's own, removed on drop.
@@ -45,6 +52,61 @@ impl Drop for Ns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// The veth podnet-cni makes: both ends in one request (the peer straight into the
+/// pod's namespace), the host end up on the bridge, one queue each way on both ends
+/// (no cut back from one per CPU, which waits for an RCU grace period), and the host
+/// end echoed back instead of looked up. A taken name anywhere makes nothing.
+#[test]
+fn a_veth_is_made_whole_in_one_request_and_echoed() {
+    let node = Ns::new("veth");
+    let pod = Ns::new("vethpod");
+    ip(&["-n", &node.0, "link", "add", "pnvb", "type", "bridge"]);
+    let mut nl = Netlink::in_netns(&node.path()).unwrap_or_else(|e| panic!("{e}"));
+    let bridge = nl
+        .link_by_name("pnvb")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("the bridge is missing"));
+    let pod_ns = std::fs::File::open(pod.path()).unwrap_or_else(|e| panic!("{e}"));
+    let echoed = nl
+        .add_veth("pnv0", 1400, bridge.index, "eth0", pod_ns.as_fd())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no echo of the new link (Linux 6.3 and later send one)"));
+    let host = nl
+        .link_by_name("pnv0")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("pnv0 is missing"));
+    assert_eq!(
+        (&echoed.name, echoed.index, &echoed.mac),
+        (&host.name, host.index, &host.mac)
+    );
+    assert_eq!(echoed.mac.len(), 6);
+    assert!(
+        host.up && host.mtu == 1400 && host.master == Some(bridge.index),
+        "{host:?}"
+    );
+    for (ns, dev) in [(&node.0, "pnv0"), (&pod.0, "eth0")] {
+        let shown = ip_out(&["-n", ns, "-d", "link", "show", "dev", dev]);
+        assert!(
+            shown.contains("numtxqueues 1 numrxqueues 1") && shown.contains("mtu 1400"),
+            "{dev}: {shown}"
+        );
+    }
+    for (name, peer) in [("pnv1", "eth0"), ("pnv0", "eth1")] {
+        let refused = nl.add_veth(name, 1400, bridge.index, peer, pod_ns.as_fd());
+        assert!(
+            refused.as_ref().is_err_and(|e| e.is_exists()),
+            "{name}/{peer}: {refused:?}"
+        );
+    }
+    assert!(
+        nl.link_by_name("pnv1")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+    let pod_links = ip_out(&["-n", &pod.0, "-br", "link"]);
+    assert!(!pod_links.contains("eth1"), "{pod_links}");
 }
 
 #[test]
