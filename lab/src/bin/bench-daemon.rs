@@ -323,6 +323,23 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     std::fs::write(&batch, text)?;
+    // The same routes through nexthop objects (one per peer, `route add … nhid`): the
+    // kernel's linear path. A plain gateway route's fib_info is hashed by its device
+    // alone, so every new one walks all the others on that device (quadratic in the
+    // peers); a nexthop object's id is in the hash.
+    let batch_nh = std::env::temp_dir().join(format!("pnbd-{}-nh.batch", std::process::id()));
+    let text: String = (0..peers)
+        .map(|i| {
+            format!(
+                "nexthop add id {} via {} dev lab0 proto 233\n",
+                i + 1,
+                peer(i).0
+            )
+        })
+        .chain((0..peers).map(|i| format!("route add {} nhid {} proto 233\n", peer(i).1, i + 1)))
+        .collect();
+    std::fs::write(&batch_nh, text)?;
+    let mut floors_nh = Vec::new();
     let (mut floors, mut daemons) = (Vec::new(), Vec::new());
     let (mut hwm_max, mut check_ms, mut rss) = (0u64, Vec::new(), Vec::new());
     let (mut edit_daemon, mut edit_tool) = (Vec::new(), Vec::new());
@@ -332,6 +349,12 @@ async fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         sh(&["ip", "-n", &ns.0, "-batch", &batch.display().to_string()])?;
         let floor = start.elapsed();
+        ensure!(ns.count()? == peers);
+        drop(ns);
+        let ns = Ns::new("floornh")?;
+        let start = Instant::now();
+        sh(&["ip", "-n", &ns.0, "-batch", &batch_nh.display().to_string()])?;
+        floors_nh.push(start.elapsed().as_secs_f64());
         ensure!(ns.count()? == peers);
         drop(ns);
         let ns = Ns::new("daemon")?;
@@ -414,8 +437,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&conf_dir);
         println!(
-            "run {run}: ip -batch {:.3} s, daemon {:.3} s ({:.2}x), idle check {per_check:.1} ms CPU, peak RSS {:.1} MiB",
+            "run {run}: ip -batch {:.3} s (through nexthop objects {:.3} s), daemon {:.3} s ({:.2}x), idle check {per_check:.1} ms CPU, peak RSS {:.1} MiB",
             floor.as_secs_f64(),
+            floors_nh[floors_nh.len() - 1],
             took.as_secs_f64(),
             took.as_secs_f64() / floor.as_secs_f64(),
             hwm as f64 / 1024.0
@@ -427,6 +451,7 @@ async fn main() -> anyhow::Result<()> {
         rss.push(hwm as f64 / 1024.0);
     }
     let _ = std::fs::remove_file(&batch);
+    let _ = std::fs::remove_file(&batch_nh);
     let med = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
@@ -468,6 +493,7 @@ async fn main() -> anyhow::Result<()> {
         floors.iter().zip(&daemons).map(|(f, d)| d / f).collect(),
     );
     rec.set("floor_s", floors);
+    rec.set("floor_nexthops_s", floors_nh);
     rec.set("daemon_s", daemons);
     rec.set("idle_check_ms", check_ms);
     rec.set("rss_mib", rss);

@@ -263,21 +263,27 @@ fn daemon(records: &[Record], md: &mut String, dir: &Path, rel: &str) -> anyhow:
     )?;
     writeln!(
         md,
-        "| peers | firewall | runs | `ip -batch` | podnet-daemon | ratio | daemon − `ip -batch` per 1,000 peers | idle check CPU | peak RSS |"
+        "| peers | firewall | runs | `ip -batch` | `ip -batch`, nexthop objects | podnet-daemon | ratio | daemon − `ip -batch` per 1,000 peers | idle check CPU | peak RSS |"
     )?;
     writeln!(
         md,
-        "| ---: | --- | ---: | --- | --- | --- | ---: | --- | --- |"
+        "| ---: | --- | ---: | --- | --- | --- | --- | ---: | --- | --- |"
     )?;
     for r in &rs {
         let own = median(series(r, "daemon_s")) - median(series(r, "floor_s"));
         writeln!(
             md,
-            "| {} | {} | {} | {} s | {} s | **{}×** | {:.3} s | {} ms | {} MiB |",
+            "| {} | {} | {} | {} s | {} | {} s | **{}×** | {:.3} s | {} ms | {} MiB |",
             r.size,
             r.variant,
             series(r, "daemon_s").len(),
             cell(series(r, "floor_s"), 3),
+            // Recorded since 2026-12-04; older records have none.
+            if series(r, "floor_nexthops_s").is_empty() {
+                "—".to_string()
+            } else {
+                format!("{} s", cell(series(r, "floor_nexthops_s"), 3))
+            },
             cell(series(r, "daemon_s"), 3),
             cell(series(r, "ratio"), 2),
             own / (r.size as f64 / 1000.0),
@@ -296,6 +302,13 @@ fn daemon(records: &[Record], md: &mut String, dir: &Path, rel: &str) -> anyhow:
                 "ip -batch (the kernel, one exec)",
                 &rs,
                 "floor_s",
+                1.0,
+                true,
+            ),
+            curve(
+                "ip -batch through nexthop objects",
+                &rs,
+                "floor_nexthops_s",
                 1.0,
                 true,
             ),
