@@ -53,6 +53,60 @@ fn routes_where(netns: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>,
     Ok(out)
 }
 
+/// A line of `ip route show` without the `nhid N` of a route through a nexthop object
+/// (podnet writes its routes that way; the kernel chooses the ids, so they differ after
+/// every re-creation, while the gateway and device the line still shows do not).
+pub fn without_nexthop_id(line: &str) -> String {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    if let Some(at) = words.iter().position(|w| *w == "nhid") {
+        words.drain(at..(at + 2).min(words.len()));
+    }
+    words.join(" ")
+}
+
+/// Deletes every route of podnet's protocol from `netns`, both families, one `ip route
+/// del` each in one `ip -batch` (a node losing them; every deletion is notified).
+/// `ip route flush proto 233` cannot: iproute2 6.1 sends a route through a nexthop
+/// object back with both its id and its gateway, which the kernel refuses (EINVAL).
+/// The nexthop objects stay, as they would after a hand deletion. Returns how many.
+pub fn delete_podnet_routes(netns: &str) -> Result<usize, LabError> {
+    let proto = podnet_contract::ROUTE_PROTOCOL.to_string();
+    let mut batch = String::new();
+    for fam in ["-4", "-6"] {
+        let text = run_ok(&[
+            "ip", "-j", fam, "-n", netns, "route", "show", "proto", &proto,
+        ])?;
+        let routes: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| LabError::Command {
+                command: format!("ip -j {fam} -n {netns} route show proto {proto}"),
+                stderr: e.to_string(),
+            })?;
+        for r in routes {
+            if let Some(dst) = r["dst"].as_str() {
+                batch.push_str(&format!("route del {dst} proto {proto}\n"));
+            }
+        }
+    }
+    let count = batch.lines().count();
+    if count > 0 {
+        let out = crate::output_with_input(
+            std::process::Command::new("ip").args(["-n", netns, "-batch", "-"]),
+            &batch,
+        )
+        .map_err(|e| LabError::Command {
+            command: format!("ip -n {netns} -batch -"),
+            stderr: e.to_string(),
+        })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: format!("ip -n {netns} -batch - (route del … proto {proto})"),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+    }
+    Ok(count)
+}
+
 /// Runs `f` on a thread of its own that enters network namespace `netns` (a name under
 /// /var/run/netns) and ends afterwards: no other thread ever changes namespace.
 pub fn in_netns<T: Send>(

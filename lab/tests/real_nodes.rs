@@ -1954,9 +1954,10 @@ fn uninstall(_: &Suite, lab: &mut RealLab) -> anyhow::Result<String> {
         let a = n.anchor_pid;
         let routes4 = node_exec(a, &["ip", "-4", "route", "show", "proto", "233"])?;
         let routes6 = node_exec(a, &["ip", "-6", "route", "show", "proto", "233"])?;
+        let nexthops = node_exec(a, &["ip", "nexthop", "show", "proto", "233"])?;
         ensure!(
-            routes4.trim().is_empty() && routes6.trim().is_empty(),
-            "{}: podnet routes left:\n{routes4}{routes6}",
+            routes4.trim().is_empty() && routes6.trim().is_empty() && nexthops.trim().is_empty(),
+            "{}: podnet routes or nexthop objects left:\n{routes4}{routes6}{nexthops}",
             n.name
         );
         for tool in ["iptables-save", "ip6tables-save"] {

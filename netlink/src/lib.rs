@@ -18,6 +18,7 @@
 //! This crate must never import Kubernetes types: podnet-cni links it.
 
 mod link;
+mod nexthop;
 mod route;
 
 use std::fs::File;
@@ -37,6 +38,7 @@ use tokio::runtime::Runtime;
 
 pub use link::{LinkInfo, LinkKind};
 pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+pub use nexthop::Nexthop;
 pub use route::{Address, Dad, Route, RouteChange, RouteFilter};
 
 /// What can go wrong talking to the kernel.
@@ -110,6 +112,9 @@ pub struct Netlink {
     dumps: netlink_sys::Socket,
     /// The last dump's sequence number.
     dump_seq: u32,
+    /// The nexthop objects this connection has read or made, by gateway, device and
+    /// protocol (see the `nexthop` module); `None` until needed or after a refusal.
+    nexthop_cache: Option<std::collections::HashMap<nexthop::NexthopKey, u32>>,
 }
 
 /// The receive buffer asked for a socket that joins notification groups.
@@ -140,6 +145,7 @@ impl Netlink {
             groups: Vec::new(),
             dumps,
             dump_seq: 0,
+            nexthop_cache: None,
         })
     }
 

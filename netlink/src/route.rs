@@ -130,6 +130,24 @@ impl Route {
         msg
     }
 
+    /// The message for this route through nexthop object `id` (no inline gateway or
+    /// device: the object has them).
+    fn message_via_nexthop(&self, id: u32) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(&self.dst);
+        msg.header.destination_prefix_length = self.prefix;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::from(self.protocol);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        if self.prefix > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(route_addr(self.dst)));
+        }
+        msg.attributes.push(RouteAttribute::NhId(id));
+        msg
+    }
+
     fn from_message(msg: &RouteMessage) -> Option<Self> {
         if msg.header.kind != RouteType::Unicast {
             return None;
@@ -281,9 +299,88 @@ impl Netlink {
         .collect()
     }
 
-    /// Deletes a route; Ok(false) when it was not there.
+    /// Like [`Netlink::create_routes`], each route with a gateway and a device written
+    /// through the nexthop object of that gateway and device (`dst nhid N`), made when
+    /// missing and owned by the route's protocol (see the `nexthop` module: the kernel
+    /// inserts such routes in linear time, inline gateways in quadratic). Where nexthop
+    /// objects cannot be made (a kernel before 5.3), the routes are written with their
+    /// gateways inline.
+    pub fn create_routes_via_nexthops(&mut self, routes: &[Route]) -> Vec<(Route, Error)> {
+        self.route_batch_via_nexthops(routes, NLM_F_CREATE | NLM_F_EXCL, "creating")
+    }
+
+    /// Like [`Netlink::replace_routes`], through nexthop objects as
+    /// [`Netlink::create_routes_via_nexthops`] writes them.
+    pub fn replace_routes_via_nexthops(&mut self, routes: &[Route]) -> Vec<(Route, Error)> {
+        self.route_batch_via_nexthops(routes, NLM_F_CREATE | NLM_F_REPLACE, "replacing")
+    }
+
+    fn route_batch_via_nexthops(
+        &mut self,
+        routes: &[Route],
+        flags: u16,
+        verb: &str,
+    ) -> Vec<(Route, Error)> {
+        let refused = self.write_via_nexthops(routes, flags, verb);
+        // An object this connection knew may have been deleted by someone else since
+        // (the kernel then refuses the route): read the objects again and retry those
+        // routes once.
+        if refused.iter().all(|(_, e)| e.is_exists()) {
+            return refused;
+        }
+        self.forget_nexthops();
+        let (exists, retry): (Vec<_>, Vec<_>) =
+            refused.into_iter().partition(|(_, e)| e.is_exists());
+        let retry: Vec<Route> = retry.into_iter().map(|(r, _)| r).collect();
+        let mut refused = exists;
+        refused.extend(self.write_via_nexthops(&retry, flags, verb));
+        refused
+    }
+
+    /// One batch of [`Netlink::route_batch_via_nexthops`].
+    fn write_via_nexthops(
+        &mut self,
+        routes: &[Route],
+        flags: u16,
+        verb: &str,
+    ) -> Vec<(Route, Error)> {
+        let ids = match self.nexthop_ids(routes) {
+            Ok(ids) => ids,
+            Err(_) => {
+                self.forget_nexthops();
+                return self.route_batch(routes, flags, verb);
+            }
+        };
+        let msgs = routes
+            .iter()
+            .map(|r| {
+                let id = r
+                    .gateway
+                    .zip(r.oif)
+                    .and_then(|(gw, oif)| ids.get(&(gw, oif, r.protocol)));
+                RouteNetlinkMessage::NewRoute(match id {
+                    Some(id) => r.message_via_nexthop(*id),
+                    None => r.message(),
+                })
+            })
+            .collect();
+        self.request_many(msgs, flags, |i| {
+            let r = &routes[i];
+            format!("{verb} route {}/{} via {:?}", r.dst, r.prefix, r.gateway)
+        })
+        .into_iter()
+        .map(|(i, e)| (routes[i].clone(), e))
+        .collect()
+    }
+
+    /// Deletes the route to `route.dst/route.prefix` of `route.protocol` in the main
+    /// table, whatever its next hop (inline, or a nexthop object: a request naming the
+    /// gateway matches only an inline one); Ok(false) when there is none.
     pub fn del_route(&mut self, route: &Route) -> Result<bool> {
-        match self.request(RouteNetlinkMessage::DelRoute(route.message()), 0, || {
+        let mut msg = route.message();
+        msg.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_)));
+        match self.request(RouteNetlinkMessage::DelRoute(msg), 0, || {
             format!("deleting route {}/{}", route.dst, route.prefix)
         }) {
             Ok(_) => Ok(true),
@@ -314,16 +411,36 @@ impl Netlink {
             let (mut routes, interrupted) = dump_routes(&self.dumps, self.dump_seq, filter.ipv6)?;
             tries += 1;
             if !interrupted || tries == 3 {
-                routes.retain(|r| filter.protocol.is_none_or(|p| p == r.protocol));
-                return Ok(routes);
+                routes.retain(|(r, _)| filter.protocol.is_none_or(|p| p == r.protocol));
+                // A route through a nexthop object shows its gateway and device unless
+                // the kernel's compatibility mode is off: then from the object.
+                if routes
+                    .iter()
+                    .any(|(r, nh)| nh.is_some() && r.gateway.is_none())
+                {
+                    let objects: std::collections::HashMap<u32, (IpAddr, u32)> = self
+                        .nexthops()?
+                        .into_iter()
+                        .map(|n| (n.id, (n.gateway, n.oif)))
+                        .collect();
+                    for (route, nh) in &mut routes {
+                        if let (None, Some((gateway, oif))) =
+                            (route.gateway, nh.and_then(|id| objects.get(&id)))
+                        {
+                            route.gateway = Some(*gateway);
+                            route.oif = Some(*oif);
+                        }
+                    }
+                }
+                return Ok(routes.into_iter().map(|(r, _)| r).collect());
             }
         }
     }
 }
 
 // The kernel's netlink ABI (linux/netlink.h, linux/rtnetlink.h), for route dumps.
-const NLMSG_HEADER: usize = 16;
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_HEADER: usize = 16;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const RTM_NEWROUTE: u16 = 24;
@@ -333,38 +450,37 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_TABLE: u16 = 15;
+const RTA_NH_ID: u16 = 30;
 const RTN_UNICAST: u8 = 1;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+pub(crate) const AF_INET: u8 = 2;
+pub(crate) const AF_INET6: u8 = 10;
 
-fn align4(n: usize) -> usize {
+pub(crate) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn ne_u16(b: &[u8]) -> u16 {
+pub(crate) fn ne_u16(b: &[u8]) -> u16 {
     u16::from_ne_bytes([b[0], b[1]])
 }
 
-fn ne_u32(b: &[u8]) -> u32 {
+pub(crate) fn ne_u32(b: &[u8]) -> u32 {
     u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Dumps one family's routes on `socket` and decodes each message in place, keeping
-/// only [`Route`]s: at 20,000 routes the generic decoder held every message whole at
-/// once (~10 MB, each with a vector of attributes) and spent a sixth of a read
-/// decoding attributes nobody reads. Returns the routes and whether the kernel marked
-/// the dump interrupted.
-fn dump_routes(socket: &netlink_sys::Socket, seq: u32, ipv6: bool) -> Result<(Vec<Route>, bool)> {
-    let mut request = Vec::with_capacity(NLMSG_HEADER + RTMSG_LEN);
-    request.extend_from_slice(&((NLMSG_HEADER + RTMSG_LEN) as u32).to_ne_bytes());
-    request.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
-    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request.extend_from_slice(&seq.to_ne_bytes());
-    request.extend_from_slice(&0u32.to_ne_bytes());
-    request.push(if ipv6 { AF_INET6 } else { AF_INET });
-    request.extend_from_slice(&[0; RTMSG_LEN - 1]);
+/// Sends the dump `request` (its sequence number set to `seq`) on `socket` and hands
+/// each answered message's type and payload to `each`, decoded in place: at 20,000
+/// routes the generic decoder held every message whole at once (~10 MB, each with a
+/// vector of attributes) and spent a sixth of a read decoding attributes nobody reads.
+/// Returns whether the kernel marked the dump interrupted. `op` names it in errors.
+pub(crate) fn dump(
+    socket: &netlink_sys::Socket,
+    mut request: Vec<u8>,
+    seq: u32,
+    op: &str,
+    mut each: impl FnMut(u16, &[u8]),
+) -> Result<bool> {
+    request[8..12].copy_from_slice(&seq.to_ne_bytes());
     socket.send(&request, 0)?;
-    let mut routes = Vec::new();
     let mut interrupted = false;
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
     loop {
@@ -374,7 +490,7 @@ fn dump_routes(socket: &netlink_sys::Socket, seq: u32, ipv6: bool) -> Result<(Ve
         while data.len() >= NLMSG_HEADER {
             let len = ne_u32(&data[0..4]) as usize;
             if len < NLMSG_HEADER || len > data.len() {
-                return Err(Error::Decode("a truncated message in a route dump".into()));
+                return Err(Error::Decode(format!("a truncated message {op}")));
             }
             let (kind, flags, from) = (
                 ne_u16(&data[4..6]),
@@ -388,40 +504,96 @@ fn dump_routes(socket: &netlink_sys::Socket, seq: u32, ipv6: bool) -> Result<(Ve
             }
             interrupted |= flags & NLM_F_DUMP_INTR != 0;
             match kind {
-                NLMSG_DONE => return Ok((routes, interrupted)),
+                NLMSG_DONE => return Ok(interrupted),
                 NLMSG_ERROR => {
                     let code = payload.get(0..4).map_or(0, |b| ne_u32(b) as i32);
                     if code != 0 {
                         return Err(Error::Kernel {
-                            op: "listing routes".into(),
+                            op: op.into(),
                             errno: Errno::from_raw(-code),
                         });
                     }
-                    return Ok((routes, interrupted));
+                    return Ok(interrupted);
                 }
-                RTM_NEWROUTE => routes.extend(parse_route(payload)),
-                _ => {}
+                _ => each(kind, payload),
             }
         }
     }
 }
 
-/// A route of the main table from an RTM_NEWROUTE payload (rtmsg and attributes);
-/// `None` for any other table, a route that is not unicast, or a malformed one.
-fn parse_route(p: &[u8]) -> Option<Route> {
+/// The request for a dump of one family's routes.
+fn route_dump_request(ipv6: bool) -> Vec<u8> {
+    let mut request = Vec::with_capacity(NLMSG_HEADER + RTMSG_LEN);
+    request.extend_from_slice(&((NLMSG_HEADER + RTMSG_LEN) as u32).to_ne_bytes());
+    request.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.push(if ipv6 { AF_INET6 } else { AF_INET });
+    request.extend_from_slice(&[0; RTMSG_LEN - 1]);
+    request
+}
+
+/// Dumps one family's routes on `socket`: each route of the main table with the id of
+/// the nexthop object it goes through, if any, and whether the dump was interrupted.
+/// A route, and the id of the nexthop object it goes through.
+type RouteVia = (Route, Option<u32>);
+
+fn dump_routes(
+    socket: &netlink_sys::Socket,
+    seq: u32,
+    ipv6: bool,
+) -> Result<(Vec<RouteVia>, bool)> {
+    let mut routes = Vec::new();
+    let interrupted = dump(
+        socket,
+        route_dump_request(ipv6),
+        seq,
+        "listing routes",
+        |kind, p| {
+            if kind == RTM_NEWROUTE {
+                routes.extend(parse_route(p));
+            }
+        },
+    )?;
+    Ok((routes, interrupted))
+}
+
+/// An address of `family` from its bytes.
+pub(crate) fn address_from(family: u8, v: &[u8]) -> Option<IpAddr> {
+    match (family, v.len()) {
+        (AF_INET, 4) => Some(IpAddr::from([v[0], v[1], v[2], v[3]])),
+        (AF_INET6, 16) => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// The attributes (type without flag bits, value) of a message's tail; `None` when
+/// one is malformed.
+pub(crate) fn attributes(mut attrs: &[u8]) -> Option<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    while attrs.len() >= 4 {
+        let len = usize::from(ne_u16(&attrs[0..2]));
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        out.push((ne_u16(&attrs[2..4]) & 0x3fff, &attrs[4..len]));
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    Some(out)
+}
+
+/// A route of the main table from an RTM_NEWROUTE payload (rtmsg and attributes), with
+/// the id of the nexthop object it goes through, if any; `None` for any other table, a
+/// route that is not unicast, or a malformed one.
+fn parse_route(p: &[u8]) -> Option<RouteVia> {
     let header = p.get(..RTMSG_LEN)?;
     let family = header[0];
     if header[7] != RTN_UNICAST {
         return None;
     }
-    let address = |v: &[u8]| -> Option<IpAddr> {
-        match (family, v.len()) {
-            (AF_INET, 4) => Some(IpAddr::from([v[0], v[1], v[2], v[3]])),
-            (AF_INET6, 16) => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
-            _ => None,
-        }
-    };
     let mut table = u32::from(header[4]);
+    let mut nexthop = None;
     let mut route = Route {
         dst: if family == AF_INET6 {
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
@@ -433,23 +605,48 @@ fn parse_route(p: &[u8]) -> Option<Route> {
         oif: None,
         protocol: header[5],
     };
-    let mut attrs = &p[RTMSG_LEN..];
-    while attrs.len() >= 4 {
-        let len = usize::from(ne_u16(&attrs[0..2]));
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        let value = &attrs[4..len];
-        match ne_u16(&attrs[2..4]) & 0x3fff {
-            RTA_DST => route.dst = address(value)?,
-            RTA_GATEWAY => route.gateway = address(value),
+    for (kind, value) in attributes(&p[RTMSG_LEN..])? {
+        match kind {
+            RTA_DST => route.dst = address_from(family, value)?,
+            RTA_GATEWAY => route.gateway = address_from(family, value),
             RTA_OIF if value.len() == 4 => route.oif = Some(ne_u32(value)),
             RTA_TABLE if value.len() == 4 => table = ne_u32(value),
+            RTA_NH_ID if value.len() == 4 => nexthop = Some(ne_u32(value)),
             _ => {}
         }
-        attrs = &attrs[align4(len).min(attrs.len())..];
     }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(route)
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some((route, nexthop))
+}
+
+/// The nexthop object id a route of any table or type refers to, from an RTM_NEWROUTE
+/// payload.
+fn route_nexthop(p: &[u8]) -> Option<u32> {
+    attributes(p.get(RTMSG_LEN..)?)?
+        .into_iter()
+        .find_map(|(kind, v)| (kind == RTA_NH_ID && v.len() == 4).then(|| ne_u32(v)))
+}
+
+impl Netlink {
+    /// The ids of every nexthop object a route of either family refers to, in any
+    /// table.
+    pub(crate) fn referenced_nexthops(&mut self) -> Result<std::collections::HashSet<u32>> {
+        let mut used = std::collections::HashSet::new();
+        for ipv6 in [false, true] {
+            self.dump_seq = self.dump_seq.wrapping_add(1);
+            dump(
+                &self.dumps,
+                route_dump_request(ipv6),
+                self.dump_seq,
+                "listing routes",
+                |kind, p| {
+                    if kind == RTM_NEWROUTE {
+                        used.extend(route_nexthop(p));
+                    }
+                },
+            )?;
+        }
+        Ok(used)
+    }
 }
 
 /// A change of the routing table, from a notification.
@@ -547,22 +744,27 @@ mod tests {
                 (RTA_DST, &[10, 244, 1, 0]),
                 (RTA_GATEWAY, &[198, 18, 0, 2]),
                 (RTA_OIF, &7u32.to_ne_bytes()),
+                (RTA_NH_ID, &12u32.to_ne_bytes()),
             ],
         );
         assert_eq!(
             parse_route(&p),
-            Some(Route {
-                dst: IpAddr::from([10, 244, 1, 0]),
-                prefix: 24,
-                gateway: Some(IpAddr::from([198, 18, 0, 2])),
-                oif: Some(7),
-                protocol: 233,
-            })
+            Some((
+                Route {
+                    dst: IpAddr::from([10, 244, 1, 0]),
+                    prefix: 24,
+                    gateway: Some(IpAddr::from([198, 18, 0, 2])),
+                    oif: Some(7),
+                    protocol: 233,
+                },
+                Some(12)
+            ))
         );
+        assert_eq!(route_nexthop(&p), Some(12));
         let mut v6 = [0u8; 16];
         v6[0] = 0xfd;
         let p = payload(AF_INET6, 64, 254, RTN_UNICAST, &[(RTA_DST, &v6)]);
-        assert_eq!(parse_route(&p).map(|r| r.dst), Some(IpAddr::from(v6)));
+        assert_eq!(parse_route(&p).map(|(r, _)| r.dst), Some(IpAddr::from(v6)));
         // A default route has no RTA_DST.
         let p = payload(
             AF_INET,
@@ -572,8 +774,8 @@ mod tests {
             &[(RTA_OIF, &2u32.to_ne_bytes())],
         );
         assert_eq!(
-            parse_route(&p).map(|r| (r.dst, r.prefix)),
-            Some((IpAddr::from([0, 0, 0, 0]), 0))
+            parse_route(&p).map(|(r, nh)| (r.dst, r.prefix, nh)),
+            Some((IpAddr::from([0, 0, 0, 0]), 0, None))
         );
     }
 

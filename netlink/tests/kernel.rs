@@ -272,3 +272,161 @@ fn batches_report_each_refusal_and_work_inside_a_tokio_runtime() {
         drop(nl); // inside the runtime: must not panic
     });
 }
+
+/// Peer routes through nexthop objects: one object per gateway and device, made as
+/// needed and owned by the routes' protocol; the routes read back with their gateway and
+/// device (also with the kernel's compatibility mode off); a replaced or deleted
+/// route's object goes with the next prune, while another owner's object, and an
+/// object another owner's route uses, stay.
+#[test]
+fn routes_through_nexthop_objects_read_back_and_leave_nothing_behind() {
+    let ns = Ns::new("nexthop");
+    ip(&[
+        "-n", &ns.0, "link", "add", "pnn0", "type", "veth", "peer", "name", "pnn1",
+    ]);
+    ip(&["-n", &ns.0, "addr", "add", "198.18.0.1/24", "dev", "pnn0"]);
+    ip(&["-n", &ns.0, "link", "set", "pnn1", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "pnn0", "up"]);
+    // Another owner's object, and one of protocol 233 that a route of another owner uses.
+    ip(&[
+        "-n",
+        &ns.0,
+        "nexthop",
+        "add",
+        "id",
+        "7",
+        "via",
+        "198.18.0.77",
+        "dev",
+        "pnn0",
+        "proto",
+        "static",
+    ]);
+    ip(&[
+        "-n",
+        &ns.0,
+        "nexthop",
+        "add",
+        "id",
+        "8",
+        "via",
+        "198.18.0.78",
+        "dev",
+        "pnn0",
+        "proto",
+        "233",
+    ]);
+    ip(&[
+        "-n",
+        &ns.0,
+        "route",
+        "add",
+        "10.98.0.0/24",
+        "nhid",
+        "8",
+        "proto",
+        "static",
+    ]);
+    let mut nl = Netlink::in_netns(&ns.path()).unwrap_or_else(|e| panic!("{e}"));
+    let pnn0 = nl
+        .link_by_name("pnn0")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("pnn0 is missing"))
+        .index;
+    let route = |i: u8, gw: u8| Route {
+        dst: IpAddr::V4(Ipv4Addr::new(10, 99, i, 0)),
+        prefix: 24,
+        gateway: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, gw))),
+        oif: Some(pnn0),
+        protocol: 233,
+    };
+    // Three peers, the third with two CIDRs through one gateway.
+    let routes = vec![route(1, 2), route(2, 3), route(3, 4), route(4, 4)];
+    assert!(nl.create_routes_via_nexthops(&routes).is_empty());
+    let ours = |nl: &mut Netlink| -> Vec<Route> {
+        let mut r = nl
+            .routes(RouteFilter {
+                ipv6: false,
+                protocol: Some(233),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        r.sort();
+        r
+    };
+    assert_eq!(ours(&mut nl), routes);
+    let shown = ip_out(&["-n", &ns.0, "route", "show", "proto", "233"]);
+    assert_eq!(shown.matches("nhid").count(), 4, "{shown}");
+    let objects = |nl: &mut Netlink| -> Vec<(u32, IpAddr, u8)> {
+        let mut o: Vec<_> = nl
+            .nexthops()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|n| (n.id, n.gateway, n.protocol))
+            .collect();
+        o.sort();
+        o
+    };
+    assert_eq!(objects(&mut nl).len(), 2 + 3, "{:?}", objects(&mut nl));
+    // With the compatibility mode off, dumps carry only the id: read back the same.
+    ip(&[
+        "netns",
+        "exec",
+        &ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.nexthop_compat_mode=0",
+    ]);
+    assert_eq!(ours(&mut nl), routes);
+    ip(&[
+        "netns",
+        "exec",
+        &ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.nexthop_compat_mode=1",
+    ]);
+    // Creating again: refused per route, nothing doubled.
+    let refused = nl.create_routes_via_nexthops(&routes[..2]);
+    assert!(refused.len() == 2 && refused.iter().all(|(_, e)| e.is_exists()));
+    // A peer moves to another gateway; another is deleted.
+    assert!(nl.replace_routes_via_nexthops(&[route(1, 5)]).is_empty());
+    assert!(nl.del_route(&routes[1]).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(
+        nl.prune_nexthops(233).unwrap_or_else(|e| panic!("{e}")),
+        2,
+        "the objects via .2 and .3"
+    );
+    let left: Vec<IpAddr> = objects(&mut nl).into_iter().map(|(_, gw, _)| gw).collect();
+    for gw in ["198.18.0.77", "198.18.0.78", "198.18.0.4", "198.18.0.5"] {
+        assert!(
+            left.contains(&gw.parse().unwrap_or_else(|e| panic!("{e}"))),
+            "{gw}: {left:?}"
+        );
+    }
+    assert_eq!(left.len(), 4);
+    assert_eq!(ours(&mut nl), vec![route(1, 5), route(3, 4), route(4, 4)]);
+    // Someone deletes an object this connection knows (the kernel removes its routes
+    // with it): the next write is refused, reads the objects again and makes it anew.
+    assert!(nl.create_routes_via_nexthops(&[route(2, 3)]).is_empty());
+    let via4 = objects(&mut nl)
+        .into_iter()
+        .find(|(_, gw, _)| *gw == IpAddr::V4(Ipv4Addr::new(198, 18, 0, 4)))
+        .map(|(id, _, _)| id.to_string())
+        .unwrap_or_else(|| panic!("no object via .4"));
+    ip(&["-n", &ns.0, "nexthop", "del", "id", &via4]);
+    assert_eq!(ours(&mut nl), vec![route(1, 5), route(2, 3)]);
+    let refused = nl.create_routes_via_nexthops(&[route(3, 4), route(4, 4)]);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(
+        ours(&mut nl),
+        vec![route(1, 5), route(2, 3), route(3, 4), route(4, 4)]
+    );
+    // Everything of podnet's gone: its objects too, the others' stay.
+    for r in ours(&mut nl) {
+        assert!(nl.del_route(&r).unwrap_or_else(|e| panic!("{e}")));
+    }
+    assert_eq!(nl.prune_nexthops(233).unwrap_or_else(|e| panic!("{e}")), 3);
+    let left: Vec<u32> = objects(&mut nl).into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(left, vec![7, 8]);
+    assert!(ip_out(&["-n", &ns.0, "route", "show", "10.98.0.0/24"]).contains("nhid 8"));
+}

@@ -176,6 +176,11 @@ fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     if !report.errors.is_empty() {
         bail!("removing podnet's routes: {}", report.errors.join("; "));
     }
+    // The nexthop objects the routes went through (apply_routes prunes only after a
+    // change; here also when the routes were gone already).
+    let nexthops_removed = nl
+        .prune_nexthops(ROUTE_PROTOCOL)
+        .context("removing podnet's nexthop objects")?;
     // Every firewall: podnet's rules may be in any of them (a backend switched).
     let runner = Runner {
         netns: node.netns.clone(),
@@ -214,7 +219,7 @@ fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
         remove_file(&node.state_dir.join(state::FILE))?
     };
     println!(
-        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}), masquerade rules from [{}], hostPort rules from [{}], the network policy table ({policy_removed}), {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
+        "removed {} podnet routes (protocol {ROUTE_PROTOCOL}) and {nexthops_removed} nexthop objects, masquerade rules from [{}], hostPort rules from [{}], the network policy table ({policy_removed}), {} ({conf_removed}), {} ({plugin_removed}), bridge {} ({bridge_removed}), leases {} ({leases_removed}), saved state ({state_removed})",
         report.removed,
         firewalls.join(", "),
         hostport_firewalls.join(", "),

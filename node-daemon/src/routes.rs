@@ -26,6 +26,11 @@ pub trait RouteTable {
     fn replace(&mut self, routes: &[Route]) -> Vec<(Route, podnet_netlink::Error)>;
     /// Deletes a route of podnet's own.
     fn delete(&mut self, route: &Route) -> Result<(), podnet_netlink::Error>;
+    /// Removes what routes left behind once they are gone (podnet's nexthop objects
+    /// no route uses); returns how many.
+    fn prune(&mut self) -> Result<usize, podnet_netlink::Error> {
+        Ok(0)
+    }
 }
 
 impl RouteTable for podnet_netlink::Netlink {
@@ -38,14 +43,19 @@ impl RouteTable for podnet_netlink::Netlink {
             },
         )
     }
+    // Peer routes go through nexthop objects: the kernel inserts those in linear time,
+    // routes with inline gateways in quadratic (podnet-netlink's `nexthop` module).
     fn create(&mut self, routes: &[Route]) -> Vec<(Route, podnet_netlink::Error)> {
-        self.create_routes(routes)
+        self.create_routes_via_nexthops(routes)
     }
     fn replace(&mut self, routes: &[Route]) -> Vec<(Route, podnet_netlink::Error)> {
-        self.replace_routes(routes)
+        self.replace_routes_via_nexthops(routes)
     }
     fn delete(&mut self, route: &Route) -> Result<(), podnet_netlink::Error> {
         self.del_route(route).map(drop)
+    }
+    fn prune(&mut self) -> Result<usize, podnet_netlink::Error> {
+        self.prune_nexthops(ROUTE_PROTOCOL)
     }
 }
 
@@ -250,6 +260,16 @@ pub fn apply_routes(table: &mut impl RouteTable, plan: &RoutePlan) -> RouteRepor
                 route.dst, route.prefix
             )),
         }
+    }
+    // Whatever the routes no longer use (the objects of replaced and deleted routes;
+    // after a crash, any left over): only when the pass changed something, so an idle
+    // check reads nothing more.
+    if !(plan.create.is_empty() && plan.replace.is_empty() && plan.delete.is_empty())
+        && let Err(e) = table.prune()
+    {
+        report
+            .errors
+            .push(format!("removing unused nexthop objects: {e}"));
     }
     report
 }

@@ -110,15 +110,22 @@ impl NodeNs {
         // nsenter's --net=PATH, leaked once per namespace: tests make a handful.
         Box::leak(format!("--net={}", self.path()).into_boxed_str())
     }
+    /// `ip route show`, without the `nhid N` of routes through nexthop objects (podnet
+    /// writes its routes that way; the gateway and device still show, as checked).
     fn routes(&self, v6: bool) -> anyhow::Result<String> {
-        sh(&[
+        let text = sh(&[
             "ip",
             if v6 { "-6" } else { "-4" },
             "-n",
             &self.name,
             "route",
             "show",
-        ])
+        ])?;
+        Ok(text
+            .lines()
+            .map(podnet_lab::probes::without_nexthop_id)
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
     fn nat(&self, v6: bool) -> anyhow::Result<String> {
         sh(&[
@@ -945,8 +952,7 @@ async fn saved_state_at_start(cp: Arc<ControlPlane>) -> anyhow::Result<()> {
     .await?;
     drop(d);
     // The reboot: podnet's routes are gone with the old kernel state.
-    sh(&["ip", "-n", &ns.name, "route", "flush", "proto", "233"])?;
-    sh(&["ip", "-n", &ns.name, "-6", "route", "flush", "proto", "233"])?;
+    podnet_lab::probes::delete_podnet_routes(&ns.name)?;
     ensure!(!ns.routes(false)?.contains("10.244.2.0/24"));
     for args in [
         &[

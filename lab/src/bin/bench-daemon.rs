@@ -129,7 +129,7 @@ impl Drop for Ns {
     fn drop(&mut self) {
         // Flush synchronously: a namespace deleted with thousands of routes is cleaned
         // up by a kernel worker holding the RTNL lock, which would slow the next run.
-        let _ = sh(&["ip", "-n", &self.0, "route", "flush", "proto", "233"]);
+        let _ = podnet_lab::probes::delete_podnet_routes(&self.0);
         let _ = sh(&["ip", "netns", "del", &self.0]);
     }
 }

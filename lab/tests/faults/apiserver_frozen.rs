@@ -9,7 +9,6 @@ use kube::api::Api;
 use podnet_crds::NodeRoute;
 use podnet_lab::cluster::LabState;
 use podnet_lab::invariants::admin_client;
-use podnet_lab::run_ok;
 
 use crate::support::*;
 
@@ -49,9 +48,7 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
         // The cause goes away and podnet's routes are deleted by hand: the daemon must
         // repair both while its status write still hangs.
         std::fs::remove_dir_all(&conflist)?;
-        for fam in ["-4", "-6"] {
-            run_ok(&["ip", fam, "-n", &n1.netns, "route", "flush", "proto", "233"])?;
-        }
+        podnet_lab::probes::delete_podnet_routes(&n1.netns)?;
         let repair_from = Instant::now();
         wait_until(
             "node-1's routes and conflist repaired with the API server frozen",

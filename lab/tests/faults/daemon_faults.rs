@@ -64,10 +64,7 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
             }
         }
         // Meanwhile, remove podnet's state on node-2 by hand.
-        run_ok(&["ip", "-n", &n2.netns, "route", "flush", "proto", "233"])?;
-        run_ok(&[
-            "ip", "-n", &n2.netns, "-6", "route", "flush", "proto", "233",
-        ])?;
+        podnet_lab::probes::delete_podnet_routes(&n2.netns)?;
         // The whole masquerade setup goes: iptables hook and chain in one transaction
         // per family, or the nftables table (the daemon may repair it at any moment).
         remove_masquerade(&n2.netns)?;

@@ -19,18 +19,8 @@ pub async fn run(state: &mut LabState) -> anyhow::Result<Outcome> {
     cluster::save(state)?;
     let outcome = async {
         // The reboot: the kernel forgets podnet's routes and rules.
-        for fam in ["-4", "-6"] {
-            run_ok(&[
-                "ip",
-                fam,
-                "-n",
-                &node.netns,
-                "route",
-                "flush",
-                "proto",
-                "233",
-            ])?;
-        }
+        podnet_lab::probes::delete_podnet_routes(&node.netns)?;
+        run_ok(&["ip", "-n", &node.netns, "nexthop", "flush", "proto", "233"])?;
         remove_masquerade(&node.netns)?;
         ensure!(
             kernel_state(&node.netns)?.is_empty(),

@@ -230,7 +230,7 @@ pub fn podnet_routes(netns: &str) -> anyhow::Result<Vec<String>> {
         out.extend(
             run_ok(&["ip", fam, "-n", netns, "route", "show", "proto", "233"])?
                 .lines()
-                .map(String::from),
+                .map(podnet_lab::probes::without_nexthop_id),
         );
     }
     out.sort();
