@@ -13,7 +13,8 @@
 //! `direct` harness every plugin is exec'd directly there, as a runtime does; with
 //! `ip-netns` each is exec'd through `ip netns exec <node>` (a mount namespace, a sysfs
 //! remount and one more exec per call), and that path's own cost — `ip netns exec
-//! <node> true`, measured as often in the same run — is subtracted. `--preload N`
+//! <node> true`, timed right before each sequential ADD, its median beside each
+//! plugin subtracted from that plugin's medians — is taken off. `--preload N`
 //! attaches N pods with each plugin first (a node already holding N pods). Pod
 //! namespaces are created outside the timed part. Medians, p90 and ratios are printed.
 
@@ -270,7 +271,9 @@ impl Drop for Pods {
 
 /// Sequential and concurrent ADD/DEL latencies of one plugin, on a node already
 /// holding `o.preload` of its pods (removed afterwards).
-fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
+/// Sequential ADDs, sequential DELs, concurrent ADDs, concurrent DELs, and (ip-netns
+/// harness) the harness's own cost timed right before each sequential ADD.
+fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
     let held = Pods::new(&format!("{}h", p.label), o.preload)?;
     for i in 0..o.preload {
         invoke(p, "ADD", &format!("h{i}"), &held.path(i))?;
@@ -282,11 +285,18 @@ fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
     result
 }
 
-fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
+fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
     let pods = Pods::new(p.label, o.pods)?;
     let mut seq_add = Vec::new();
     let mut seq_del = Vec::new();
+    // The harness's cost is timed beside the ADDs it is subtracted from, not in a run of
+    // its own: this machine's speed drifts from minute to minute, and a floor measured
+    // apart once moved the difference by more than podnet-cni's whole ADD.
+    let mut harness = Vec::new();
     for i in 0..o.pods {
+        if o.via_ip_netns.is_some() {
+            harness.extend(harness_floor(1)?);
+        }
         seq_add.push(invoke(p, "ADD", &format!("s{i}"), &pods.path(i))?);
     }
     for i in 0..o.pods {
@@ -310,11 +320,11 @@ fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 4]> {
         })
     };
     if o.concurrent == 0 {
-        return Ok([seq_add, seq_del, Vec::new(), Vec::new()]);
+        return Ok([seq_add, seq_del, Vec::new(), Vec::new(), harness]);
     }
     let par_add = run_all("ADD")?;
     let par_del = run_all("DEL")?;
-    Ok([seq_add, seq_del, par_add, par_del])
+    Ok([seq_add, seq_del, par_add, par_del, harness])
 }
 
 /// The kernel floor for DEL: `ip link del` of a veth pair like the plugins make — host
@@ -385,15 +395,15 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
         invoke(p, "ADD", "warm", &w.path(0))?;
         invoke(p, "DEL", "warm", &w.path(0))?;
     }
-    let [r_sa, r_sd, r_pa, r_pd] = measure(&reference, o)?;
-    let [p_sa, p_sd, p_pa, p_pd] = measure(&podnet, o)?;
+    let [r_sa, r_sd, r_pa, r_pd, mut r_h] = measure(&reference, o)?;
+    let [p_sa, p_sd, p_pa, p_pd, mut p_h] = measure(&podnet, o)?;
     let mut floor = kernel_floor(o.pods, o.preload)?;
-    // The ip-netns harness's own cost, subtracted from each plugin's median.
-    let harness = if o.via_ip_netns.is_some() {
-        let mut h = harness_floor(o.pods)?;
-        pct(&mut h, 0.5)
+    // The ip-netns harness's own cost, timed beside each plugin's ADDs and subtracted
+    // from that plugin's medians.
+    let (hr, hp) = if o.via_ip_netns.is_some() {
+        (pct(&mut r_h, 0.5), pct(&mut p_h, 0.5))
     } else {
-        0.0
+        (0.0, 0.0)
     };
     let mut rec = podnet_lab::bench::Record::new(
         "bench-cni",
@@ -404,11 +414,11 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
             "direct"
         },
     );
-    if harness > 0.0 {
+    if o.via_ip_netns.is_some() {
         println!(
-            "harness: ip netns exec <node> true, median {harness:.2} ms (subtracted from every median below)"
+            "harness: ip netns exec <node> true, timed before each ADD: median {hr:.2} ms beside the reference, {hp:.2} ms beside podnet-cni (each subtracted from its own medians below)"
         );
-        rec.set("harness_ms", vec![harness]);
+        rec.set("harness_ms", vec![hp, hr]);
     }
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>10}",
@@ -438,20 +448,20 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
         if r.is_empty() {
             continue;
         }
-        let (rm, pm) = (pct(&mut r, 0.5) - harness, pct(&mut p, 0.5) - harness);
+        let (rm, pm) = (pct(&mut r, 0.5) - hr, pct(&mut p, 0.5) - hp);
         println!(
             "{name:<28} {rm:>6.2} ({:>5.2}) {pm:>6.2} ({:>5.2}) {:>7.2}x",
-            pct(&mut r, 0.9) - harness,
-            pct(&mut p, 0.9) - harness,
+            pct(&mut r, 0.9) - hr,
+            pct(&mut p, 0.9) - hp,
             pm / rm
         );
-        let ms = |v: &[Duration]| v.iter().map(|d| d.as_secs_f64() * 1e3 - harness).collect();
-        rec.set(&format!("{key}_ref_ms"), ms(&r));
-        rec.set(&format!("{key}_podnet_ms"), ms(&p));
+        let ms = |v: &[Duration], h: f64| v.iter().map(|d| d.as_secs_f64() * 1e3 - h).collect();
+        rec.set(&format!("{key}_ref_ms"), ms(&r, hr));
+        rec.set(&format!("{key}_podnet_ms"), ms(&p, hp));
     }
     let fm = pct(&mut floor, 0.5);
     let mut p_sd = p_sd;
-    let pdm = pct(&mut p_sd, 0.5) - harness;
+    let pdm = pct(&mut p_sd, 0.5) - hp;
     println!(
         "kernel floor (ip link del of a veth, sequential): median {fm:.2} ms; podnet DEL / floor = {:.2}x",
         pdm / fm

@@ -344,7 +344,7 @@ fn cni(records: &[Record], md: &mut String, dir: &Path, rel: &str) -> anyhow::Re
     )?;
     writeln!(
         md,
-        "Sequential, one pod at a time; the `ip-netns` harness execs each plugin through `ip netns exec <node>` and subtracts that path's own median (`harness`).\n"
+        "Sequential, one pod at a time; the `ip-netns` harness execs each plugin through `ip netns exec <node>` and subtracts that path's own cost, `ip netns exec <node> true` timed before each ADD (`harness`: its median beside podnet-cni).\n"
     )?;
     writeln!(
         md,
