@@ -291,6 +291,8 @@ pub(crate) mod tests {
         pub(crate) routes: Vec<Route>,
         pub(crate) writes: Vec<String>,
         pub(crate) refuse: Option<IpAddr>,
+        /// How many times what routes left behind was cleaned up.
+        pub(crate) prunes: usize,
     }
 
     impl RouteTable for Fake {
@@ -348,6 +350,10 @@ pub(crate) mod tests {
             self.writes
                 .push(format!("delete {}/{}", route.dst, route.prefix));
             Ok(())
+        }
+        fn prune(&mut self) -> Result<usize, podnet_netlink::Error> {
+            self.prunes += 1;
+            Ok(0)
         }
     }
 
@@ -425,6 +431,32 @@ pub(crate) mod tests {
             "a converged pass writes nothing: {:?}",
             t.writes
         );
+    }
+
+    /// Unused nexthop objects are looked for after a pass that changed routes, never
+    /// after one that found everything in place (an idle check reads nothing more).
+    #[test]
+    fn leftovers_are_pruned_only_after_a_change() {
+        let mut t = lab_kernel();
+        let desired = vec![peer("10.244.2.0/24", "198.18.0.2", "good")];
+        let plan = plan_routes(&desired, &view(&mut t));
+        assert_eq!(plan.create.len(), 1);
+        apply_routes(&mut t, &plan);
+        assert_eq!(t.prunes, 1);
+        let plan = plan_routes(&desired, &view(&mut t));
+        assert_eq!(
+            plan,
+            RoutePlan {
+                programmed: 1,
+                ..Default::default()
+            }
+        );
+        apply_routes(&mut t, &plan);
+        assert_eq!(t.prunes, 1, "a pass without changes pruned");
+        let remove_all = plan_routes(&[], &view(&mut t));
+        apply_routes(&mut t, &remove_all);
+        assert_eq!(t.prunes, 2);
+        assert!(t.routes.iter().all(|r| r.protocol != ROUTE_PROTOCOL));
     }
 
     #[test]
