@@ -111,12 +111,10 @@ build_kubernetes() {
   wrapper_module "$work" podnet.dev/tools/kubernetes "${pkgs[@]}"
   mkdir -p "$work/out"
   local ld; ld=$(version_ldflags)
-  (
-    cd "$work/mod"
-    for c in "$@"; do
-      go build -tags tools -ldflags "$ld" -o "$work/out/$c" "k8s.io/kubernetes/cmd/$c"
-    done
-  ) || die "building kubernetes $K8S_VERSION ($*) failed (see output above)"
+  # One `go build` for the whole set: it compiles each package once and links the
+  # commands side by side (a link is mostly one core's work).
+  (cd "$work/mod" && go build -tags tools -ldflags "$ld" -o "$work/out/" "${pkgs[@]}") \
+    || die "building kubernetes $K8S_VERSION ($*) failed (see output above)"
   for c in "$@"; do
     "$work/out/$c" --version >/dev/null 2>&1 || "$work/out/$c" version --client >/dev/null \
       || die "built $c does not run"
@@ -143,8 +141,9 @@ build_e2e() {
   (
     cd "$work/mod"
     go test -c -ldflags "$(version_ldflags)" -o "$work/pub/e2e.test" k8s.io/kubernetes/test/e2e
-    go build -ldflags "-s -w" -o "$work/pub/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
-    go build -ldflags "$(version_ldflags)" -o "$work/pub/agnhost" k8s.io/kubernetes/test/images/agnhost
+    # ginkgo has none of the version variables; -X of a symbol a binary lacks is ignored.
+    go build -ldflags "$(version_ldflags)" -o "$work/pub/" github.com/onsi/ginkgo/v2/ginkgo \
+      k8s.io/kubernetes/test/images/agnhost
   ) || die "building the e2e binaries $K8S_VERSION failed (see output above)"
   "$work/pub/e2e.test" --version 2>/dev/null | grep -qx "$K8S_VERSION" || die "built e2e.test does not report $K8S_VERSION"
   "$work/pub/ginkgo" version >/dev/null || die "built ginkgo does not run"
@@ -294,18 +293,33 @@ build_go_tool() { # name version module-path/cmd ldflags
 }
 
 mkdir -p "$CACHE" || die "cannot create cache dir $CACHE"
-build_kubernetes kubernetes kube-apiserver kubectl
-build_etcd
-build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
-  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool ""
-build_kubernetes kubernetes-node kube-controller-manager kube-scheduler kubelet kube-proxy
-build_containerd
-build_e2e
-fetch_agnhost_files
-# Cluster DNS of the real-node lab (Kubernetes' DNS conformance tests need it).
-build_go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns \
-  "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+# Two lanes at once. Kubernetes' two sets and its e2e suite share most packages through
+# Go's build cache, so they go one after another; the other modules share little with
+# them and build beside them, filling the gaps a lane leaves (downloads, link steps that
+# keep one core busy). Each lane stops at its first failure; the script fails when
+# either does, after both have ended.
+(
+  build_kubernetes kubernetes kube-apiserver kubectl
+  build_kubernetes kubernetes-node kube-controller-manager kube-scheduler kubelet kube-proxy
+  build_e2e
+  fetch_agnhost_files
+) &
+kubernetes_lane=$!
+(
+  build_etcd
+  build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  build_go_tool cnitool "$CNI_VERSION" github.com/containernetworking/cni/cnitool ""
+  build_containerd
+  # Cluster DNS of the real-node lab (Kubernetes' DNS conformance tests need it).
+  build_go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+    "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+) &
+other_lane=$!
+lanes_ok=1
+wait "$kubernetes_lane" || lanes_ok=0
+wait "$other_lane" || lanes_ok=0
+[ "$lanes_ok" = 1 ] || die "a build failed (see its output above)"
 
 # One directory of symlinks so callers need a single PATH entry.
 bin="$CACHE/bin"
