@@ -8,21 +8,7 @@ use podnet_cni::config::{Env, MAX_STDIN};
 use podnet_cni::error::{CniError, Code};
 use podnet_cni::plugin;
 
-/// One malloc arena: the plugin's second thread (the one in the pod's namespace) would
-/// otherwise get an arena of its own, a 64 MiB reservation whose pages are faulted in
-/// and torn down again for the few kilobytes it allocates.
-#[allow(unsafe_code)]
-fn one_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; no pointer is involved, and it
-    // runs before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
 fn main() -> ExitCode {
-    one_arena();
     if std::env::args().nth(1).as_deref() == Some("--version") {
         println!("podnet-cni {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;

@@ -5,7 +5,6 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -209,13 +208,15 @@ fn keep_accepting_router_advertisements() -> Result<(), (String, std::io::Error)
     Ok(())
 }
 
-/// ADD runs on two threads at once: the main thread, which never leaves the host
-/// namespace, prepares the bridge and creates the veth pair straight away, then
-/// configures the host end; meanwhile a thread of ours enters the pod's namespace,
-/// takes the leases (file work: the namespace does not matter to it) and, once the veth
-/// exists, configures the pod side. Nothing waits for a name check first: the kernel
-/// refuses the veth whole when either name is taken, and only then is the pod side
-/// asked which one. Any failure undoes everything.
+/// ADD, in order on the plugin's one thread: the leases; the bridge and the veth pair,
+/// its pod end created straight into the pod's namespace, and the host end finished;
+/// then a connection made inside the pod's namespace (the thread steps in and back out)
+/// configures the pod end. Nothing waits for a name check first: the kernel refuses
+/// the veth whole when either name is taken, and only then is the pod's namespace asked
+/// which one. Any failure undoes everything this ADD made.
+///
+/// One thread, not a second one for the pod side: on a virtual machine waking another
+/// thread costs a vCPU wake-up, more than the work two threads could overlap.
 ///
 /// The whole ADD holds the attachment's lock: a second ADD, a DEL or a GC for the same
 /// container and ifname waits (GC skips it), so none can remove what this one builds.
@@ -224,126 +225,98 @@ fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
     let netns = open_netns(&netns_path)?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     let _lock = AttachmentLock::acquire(&conf.data_dir, &conf.name, &host_name)?;
-    let (to_pod, from_host) = mpsc::channel::<HostSays>();
-    let (to_host, from_pod) = mpsc::channel::<bool>();
-    let (netns, netns_path) = (&netns, netns_path.as_path());
-    std::thread::scope(|s| {
-        let pod_side = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn_scoped(s, move || {
-                pod_thread(env, conf, netns, netns_path, from_host, to_host)
-            })
-            .map_err(|e| CniError::new(Code::Io, "cannot start a thread", e.to_string()))?;
-        let host_side = host_add(env, conf, netns, &to_pod, &from_pod);
-        // Nothing more to say: a pod side still waiting for word stops.
-        drop(to_pod);
-        let pod_side = pod_side.join().unwrap_or_else(|_| PodSide {
-            leases: None,
-            link: Err(CniError::new(
-                Code::Io,
-                "internal error",
-                "the pod-side thread panicked",
-            )),
-        });
-        finish_add(env, conf, host_side, pod_side)
-    })
-}
-
-/// What the host side tells the pod side.
-enum HostSays {
-    /// The veth exists: configure the pod end.
-    Created,
-    /// The kernel refused the veth because a name is taken: answer whether the pod's
-    /// namespace has an interface named like the pod end.
-    NameTaken,
+    let mut ipam = Ipam::open(&conf.data_dir, &conf.name)?;
+    let held_before = !ipam.lookup(&env.container_id, &env.ifname).is_empty();
+    let leases = match ipam.allocate(&conf.pod_cidrs, &env.container_id, &env.ifname) {
+        Ok(leases) => leases,
+        Err(e) => {
+            // A taken interface name is the error to report, whatever else failed.
+            drop(ipam);
+            if pod_has_interface(&netns, &netns_path, &env.ifname)? {
+                return Err(interface_exists(env, &netns_path));
+            }
+            return Err(e);
+        }
+    };
+    drop(ipam);
+    let (bridge, host_link) = match host_add(env, conf, &netns, &netns_path) {
+        Ok(made) => made,
+        Err(HostError::BeforeVeth(e)) => {
+            // A repeated ADD's leases are the attachment's: never given back here.
+            if !held_before {
+                release_leases(env, conf);
+            }
+            return Err(e);
+        }
+        Err(HostError::AfterVeth(e)) => {
+            undo_add(env, conf);
+            return Err(e);
+        }
+    };
+    let pod_link = configure_pod(&netns, &env.ifname, &netns_path, &leases).and_then(|link| {
+        if !conf.port_mappings.is_empty() {
+            let ips: Vec<IpAddr> = leases.iter().map(IpNet::addr).collect();
+            hostports::add(conf, &env.container_id, &host_name, &ips)?;
+        }
+        Ok(link)
+    });
+    match pod_link {
+        Ok(pod_link) => Ok(AddResult {
+            interfaces: vec![bridge, host_link, pod_link],
+            ips: leases
+                .iter()
+                .map(|l| (*l, NetConf::gateway(&l.trunc())))
+                .collect(),
+            dns: conf.dns.clone(),
+        }),
+        Err(e) => {
+            undo_add(env, conf);
+            Err(e)
+        }
+    }
 }
 
 /// Host-side failures, by what is left to undo.
 enum HostError {
-    /// No veth was made (leases the pod side took for this ADD go back).
+    /// No veth was made (leases taken for this ADD go back).
     BeforeVeth(CniError),
     /// The veth exists and must go, with the leases.
     AfterVeth(CniError),
-    /// The pod side ended before it could answer; its own error says why.
-    PodGone,
 }
 
-/// The bridge and the host end, as the result reports them.
-type HostSide = (ResultInterface, ResultInterface);
-
-/// What the pod-side thread did.
-struct PodSide {
-    /// The leases it took, and whether the attachment held them before this ADD (a
-    /// repeated ADD: those are never released here).
-    leases: Option<(Vec<IpNet>, bool)>,
-    /// The pod's interface, configured; `None` when the host side gave up first.
-    link: Result<Option<ResultInterface>, CniError>,
+/// Whether the pod's namespace has an interface named `ifname` (asked through a
+/// connection made inside it).
+fn pod_has_interface(netns: &File, netns_path: &Path, ifname: &str) -> Result<bool, CniError> {
+    let found = Netlink::on_this_thread_in_netns(netns, netns_path, || {
+        Netlink::new().and_then(|mut pod| pod.link_by_name(ifname))
+    })
+    .and_then(|found| found)?;
+    Ok(found.is_some())
 }
 
-/// Puts the two sides together: the result, or the first cause of failure after
-/// undoing what was made.
-fn finish_add(
-    env: &Env,
-    conf: &NetConf,
-    host_side: Result<HostSide, HostError>,
-    pod_side: PodSide,
-) -> Result<AddResult, CniError> {
-    let PodSide { leases, link } = pod_side;
-    match (host_side, link) {
-        (Ok((bridge, host_link)), Ok(Some(pod_link))) => {
-            let leases = leases.map(|(l, _)| l).unwrap_or_default();
-            if !conf.port_mappings.is_empty() {
-                let ips: Vec<IpAddr> = leases.iter().map(IpNet::addr).collect();
-                let host_name = host_veth_name(&env.container_id, &env.ifname);
-                if let Err(e) = hostports::add(conf, &env.container_id, &host_name, &ips) {
-                    undo_add(env, conf);
-                    return Err(e);
-                }
-            }
-            Ok(AddResult {
-                interfaces: vec![bridge, host_link, pod_link],
-                ips: leases
-                    .iter()
-                    .map(|l| (*l, NetConf::gateway(&l.trunc())))
-                    .collect(),
-                dns: conf.dns.clone(),
-            })
-        }
-        (Err(HostError::BeforeVeth(e)), _) | (Err(HostError::PodGone), Err(e)) => {
-            release_new_leases(env, conf, leases.as_ref());
-            Err(e)
-        }
-        (Err(HostError::AfterVeth(e)), _) | (Ok(_), Err(e)) => {
-            undo_add(env, conf);
-            Err(e)
-        }
-        (Err(HostError::PodGone), Ok(_)) | (Ok(_), Ok(None)) => {
-            undo_add(env, conf);
-            Err(CniError::new(
-                Code::Io,
-                "internal error",
-                "the pod side stopped without a result",
-            ))
-        }
-    }
+fn interface_exists(env: &Env, netns_path: &Path) -> CniError {
+    CniError::new(
+        Code::InterfaceExists,
+        "interface already exists",
+        format!("{} exists in {}", env.ifname, netns_path.display()),
+    )
 }
 
-/// Gives back leases this ADD took, never those the attachment held before it.
-fn release_new_leases(env: &Env, conf: &NetConf, leases: Option<&(Vec<IpNet>, bool)>) {
-    if let Some((_, false)) = leases
-        && let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name)
-    {
+/// Gives back the attachment's leases.
+fn release_leases(env: &Env, conf: &NetConf) {
+    if let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name) {
         let _ = ipam.release(&env.container_id, &env.ifname);
     }
 }
 
+/// The bridge and the veth pair with its host end finished (on the bridge, hairpin);
+/// returns the bridge and the host end as the result reports them.
 fn host_add(
     env: &Env,
     conf: &NetConf,
     netns: &File,
-    to_pod: &mpsc::Sender<HostSays>,
-    from_pod: &mpsc::Receiver<bool>,
-) -> Result<HostSide, HostError> {
+    netns_path: &Path,
+) -> Result<(ResultInterface, ResultInterface), HostError> {
     let before = HostError::BeforeVeth;
     let mut host = Netlink::new().map_err(|e| before(e.into()))?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
@@ -362,19 +335,8 @@ fn host_add(
             // interrupted ADD of this same attachment: its name is ours by
             // construction and this ADD holds the attachment's lock, so no other
             // invocation is building it. Remove it and try once more.
-            to_pod
-                .send(HostSays::NameTaken)
-                .map_err(|_| HostError::PodGone)?;
-            if from_pod.recv().map_err(|_| HostError::PodGone)? {
-                return Err(before(CniError::new(
-                    Code::InterfaceExists,
-                    "interface already exists",
-                    format!(
-                        "{} exists in {}",
-                        env.ifname,
-                        env.netns.clone().unwrap_or_default().display()
-                    ),
-                )));
+            if pod_has_interface(netns, netns_path, &env.ifname).map_err(before)? {
+                return Err(before(interface_exists(env, netns_path)));
             }
             host.del_link_by_name(&host_name)
                 .map_err(|e| after(e.into()))?;
@@ -383,9 +345,6 @@ fn host_add(
         }
         Err(e) => return Err(before(e.into())),
     };
-    // The pod side configures addresses and routes while this thread does the host
-    // side. A pod side that has already ended reports why itself.
-    let _ = to_pod.send(HostSays::Created);
     let host_link = match echoed {
         Some(link) => link,
         None => host
@@ -424,10 +383,10 @@ fn host_add(
     ))
 }
 
-/// No duplicate address detection on the pod's interface (this thread is in the pod's
-/// namespace; the interface is still down): its addresses are podnet's to hand out, and
-/// until its link-local address had passed DAD the pod would not answer the host's
-/// neighbour solicitations — unreachable over IPv6 for its first second or two.
+/// No duplicate address detection on the pod's interface (the calling thread is in the
+/// pod's namespace; the interface is still down): its addresses are podnet's to hand
+/// out, and until its link-local address had passed DAD the pod would not answer the
+/// host's neighbour solicitations — unreachable over IPv6 for its first second or two.
 fn no_dad_in_pod(ifname: &str, leases: &[IpNet]) -> Result<(), CniError> {
     if !leases.iter().any(|l| l.addr().is_ipv6()) {
         return Ok(());
@@ -442,83 +401,23 @@ fn no_dad_in_pod(ifname: &str, leases: &[IpNet]) -> Result<(), CniError> {
     })
 }
 
-/// Runs on a thread of its own that enters the pod's namespace and ends with the ADD:
-/// takes the leases, answers the host side's question when a name is taken, and
-/// configures the pod end once the veth exists.
-fn pod_thread(
-    env: &Env,
-    conf: &NetConf,
-    netns: &File,
-    netns_path: &Path,
-    from_host: mpsc::Receiver<HostSays>,
-    to_host: mpsc::Sender<bool>,
-) -> PodSide {
-    let failed = |e: CniError| PodSide {
-        leases: None,
-        link: Err(e),
-    };
-    // Subscribed before the first request (so on the same socket): the interface
-    // coming up is then read from notifications.
-    let pod = Netlink::enter_netns_on_this_thread(netns, netns_path)
-        .and_then(|mut pod| pod.subscribe_links().map(|()| pod));
-    let mut pod = match pod {
-        Ok(pod) => pod,
-        Err(e) => return failed(e.into()),
-    };
-    let mut held_before = false;
-    let leases = Ipam::open(&conf.data_dir, &conf.name).and_then(|mut ipam| {
-        held_before = !ipam.lookup(&env.container_id, &env.ifname).is_empty();
-        ipam.allocate(&conf.pod_cidrs, &env.container_id, &env.ifname)
-    });
-    // Without leases the host side's question is still answered: a taken interface
-    // name is the error to report, whatever else failed.
-    let created = loop {
-        match from_host.recv() {
-            Ok(HostSays::Created) => break true,
-            Ok(HostSays::NameTaken) => match pod.link_by_name(&env.ifname) {
-                Ok(found) => {
-                    let _ = to_host.send(found.is_some());
-                }
-                Err(e) => {
-                    return PodSide {
-                        leases: leases.ok().map(|l| (l, held_before)),
-                        link: Err(e.into()),
-                    };
-                }
-            },
-            Err(_) => break false,
-        }
-    };
-    match (leases, created) {
-        (Ok(leases), true) => {
-            let link = configure_pod(&mut pod, &env.ifname, netns_path, &leases).map(Some);
-            PodSide {
-                leases: Some((leases, held_before)),
-                link,
-            }
-        }
-        (Ok(leases), false) => PodSide {
-            leases: Some((leases, held_before)),
-            link: Ok(None),
-        },
-        (Err(e), true) => failed(e),
-        // The host side gave up first and reports why.
-        (Err(_), false) => PodSide {
-            leases: None,
-            link: Ok(None),
-        },
-    }
-}
-
-/// Configures the pod end of a new veth from inside the pod's namespace: up, its
-/// addresses, the default routes through the gateways; returns once it is
-/// operationally up.
+/// Configures the pod end of a new veth through a connection made inside the pod's
+/// namespace: up, its addresses, the default routes through the gateways; returns once
+/// it is operationally up.
 fn configure_pod(
-    pod: &mut Netlink,
+    netns: &File,
     ifname: &str,
     netns_path: &Path,
     leases: &[IpNet],
 ) -> Result<ResultInterface, CniError> {
+    // Subscribed before the first request (so on the same socket): the interface
+    // coming up is then read from notifications.
+    let mut pod = Netlink::on_this_thread_in_netns(netns, netns_path, || {
+        let mut pod = Netlink::new()?;
+        pod.subscribe_links()?;
+        no_dad_in_pod(ifname, leases)?;
+        Ok::<_, CniError>(pod)
+    })??;
     let link = pod.link_by_name(ifname)?.ok_or_else(|| {
         CniError::new(
             Code::Io,
@@ -526,7 +425,6 @@ fn configure_pod(
             format!("{ifname} is not in {}", netns_path.display()),
         )
     })?;
-    no_dad_in_pod(ifname, leases)?;
     // Up first: an IPv6 address added to a link that is down joins its solicited-node
     // group only when the link comes up, after a random delay of up to a second, and
     // until then the host's neighbour solicitations for it go unanswered.

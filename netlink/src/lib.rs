@@ -183,6 +183,45 @@ impl Netlink {
         Self::new()
     }
 
+    /// Runs `f` on the *calling thread* inside the network namespace `file`, then moves
+    /// the thread back to the namespace it was in. What `f` opens there stays there: a
+    /// [`Netlink`] made inside keeps working on that namespace from anywhere, a file
+    /// under `/proc/sys/net` names that namespace's settings.
+    ///
+    /// Only for a thread nothing else relies on meanwhile: a single-threaded program's
+    /// main thread (the CNI plugin), a thread of your own. When the way back fails the
+    /// process aborts: it must not go on doing host work in another namespace.
+    pub fn on_this_thread_in_netns<T>(
+        file: &File,
+        path: &Path,
+        f: impl FnOnce() -> T,
+    ) -> Result<T> {
+        let netns_err = |errno| Error::Netns {
+            path: path.display().to_string(),
+            errno,
+        };
+        let home = File::open("/proc/thread-self/ns/net").map_err(|e| Error::Netns {
+            path: "/proc/thread-self/ns/net".into(),
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        })?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(netns_err)?;
+        /// Takes the thread home when `f` returns or unwinds.
+        struct Home(File);
+        impl Drop for Home {
+            fn drop(&mut self) {
+                if let Err(errno) = nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWNET)
+                {
+                    eprintln!(
+                        "cannot return to the original network namespace ({errno}); aborting"
+                    );
+                    std::process::abort();
+                }
+            }
+        }
+        let _home = Home(home);
+        Ok(f())
+    }
+
     /// Joins rtnetlink multicast `group` (RTNLGRP_*) to receive notifications. Before
     /// the first request this joins on the connection's own socket; afterwards on a new
     /// socket made in the *calling thread's* namespace (call it on a thread in this
