@@ -328,10 +328,15 @@ fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
 }
 
 /// The kernel floor for DEL: `ip link del` of a veth pair like the plugins make — host
-/// end up on a bridge, pod end up in its own namespace.
+/// end up on a bridge that carries the gateway address, in hairpin mode; pod end up in
+/// its own namespace with an address and a default route through the gateway. (Until
+/// 2026-12-04 the pod end had no address or route: removing them is part of what the
+/// kernel does for either plugin's DEL, and the floor left it out; and each pair was
+/// removed right after it was made, not one after another as the plugins' DELs run.)
 fn kernel_floor(n: usize, preload: usize) -> anyhow::Result<Vec<Duration>> {
     let pods = Pods::new("floor", n)?;
     sh(&["ip", "link", "add", "pnbfbr", "type", "bridge"])?;
+    sh(&["ip", "addr", "add", "10.252.0.1/16", "dev", "pnbfbr"])?;
     sh(&["ip", "link", "set", "pnbfbr", "up"])?;
     // As many other ports on the bridge as the plugins' nodes hold pods.
     for i in 0..preload {
@@ -356,7 +361,38 @@ fn kernel_floor(n: usize, preload: usize) -> anyhow::Result<Vec<Duration>> {
             "ip", "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &pods.0[i],
         ])?;
         sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
-        sh(&["ip", "-n", &pods.0[i], "link", "set", "eth0", "up"])?;
+        sh(&[
+            "ip",
+            "link",
+            "set",
+            &name,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
+        let ns = pods.0[i].as_str();
+        let k = i + 2;
+        let addr = format!("10.252.{}.{}/16", (k >> 8) & 255, k & 255);
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.252.0.1",
+            "dev",
+            "eth0",
+        ])?;
+    }
+    // Then removed one after another, as the plugins' DELs run: a removal right after
+    // another also waits out what the kernel still defers from the one before.
+    for i in 0..n {
+        let name = format!("pnbf{i}");
         let start = Instant::now();
         sh(&["ip", "link", "del", &name])?;
         out.push(start.elapsed());
