@@ -404,6 +404,9 @@ impl Allocator {
         }
         let current = self.holdings(node).to_vec();
         let mut added = Vec::new();
+        // Taken out of quarantine only once every family has its CIDR: an allocation
+        // that fails for one family leaves the quarantine of the other as it was.
+        let mut reclaimed = Vec::new();
         let pools = pools.clone();
         let pools = &pools;
         for family in families {
@@ -411,12 +414,13 @@ impl Allocator {
                 continue;
             }
             // A node that comes back gets the CIDR it released.
-            if let Some(q) = self.quarantine.iter().position(|q| {
-                q.node == node && q.network == network && Family::of(&q.cidr) == family
-            }) {
-                let q = self.quarantine.remove(q);
-                self.unhold(&quarantine_key(node), &q.cidr);
+            if let Some(q) = self
+                .quarantine
+                .iter()
+                .find(|q| q.node == node && q.network == network && Family::of(&q.cidr) == family)
+            {
                 added.push(q.cidr);
+                reclaimed.push(q.clone());
                 continue;
             }
             match self.find_free(pools, family) {
@@ -432,6 +436,10 @@ impl Allocator {
                     });
                 }
             }
+        }
+        for q in &reclaimed {
+            self.quarantine.retain(|x| x != q);
+            self.unhold(&quarantine_key(node), &q.cidr);
         }
         for cidr in &added {
             self.insert(node, *cidr);
