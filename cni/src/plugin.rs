@@ -460,9 +460,7 @@ fn undo_add(env: &Env, conf: &NetConf) {
     if let Ok(mut host) = Netlink::new() {
         let _ = host.del_link_by_name(&host_veth_name(&env.container_id, &env.ifname));
     }
-    if let Ok(mut ipam) = Ipam::open(&conf.data_dir, &conf.name) {
-        let _ = ipam.release(&env.container_id, &env.ifname);
-    }
+    release_leases(env, conf);
 }
 
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
