@@ -239,7 +239,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
         }
     };
     drop(ipam);
-    let (bridge, host_link) = match host_add(env, conf, &netns, &netns_path) {
+    let (bridge, host_link, pod_index) = match host_add(env, conf, &netns, &netns_path) {
         Ok(made) => made,
         Err(HostError::BeforeVeth(e)) => {
             // A repeated ADD's leases are the attachment's: never given back here.
@@ -253,7 +253,13 @@ fn add(env: &Env, conf: &NetConf) -> Result<AddResult, CniError> {
             return Err(e);
         }
     };
-    let pod_link = configure_pod(&netns, &env.ifname, &netns_path, &leases).and_then(|link| {
+    let pod = PodEnd {
+        netns: &netns,
+        netns_path: &netns_path,
+        ifname: &env.ifname,
+        index: pod_index,
+    };
+    let pod_link = configure_pod(&pod, &leases).and_then(|link| {
         if !conf.port_mappings.is_empty() {
             let ips: Vec<IpAddr> = leases.iter().map(IpNet::addr).collect();
             hostports::add(conf, &env.container_id, &host_name, &ips)?;
@@ -310,13 +316,14 @@ fn release_leases(env: &Env, conf: &NetConf) {
 }
 
 /// The bridge and the veth pair with its host end finished (on the bridge, hairpin);
-/// returns the bridge and the host end as the result reports them.
+/// returns the bridge and the host end as the result reports them, and the pod end's
+/// index when the kernel told it.
 fn host_add(
     env: &Env,
     conf: &NetConf,
     netns: &File,
     netns_path: &Path,
-) -> Result<(ResultInterface, ResultInterface), HostError> {
+) -> Result<(ResultInterface, ResultInterface, Option<u32>), HostError> {
     let before = HostError::BeforeVeth;
     let mut host = Netlink::new().map_err(|e| before(e.into()))?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
@@ -380,6 +387,7 @@ fn host_add(
             mac: mac_string(&host_link.mac),
             sandbox: None,
         },
+        host_link.peer,
     ))
 }
 
@@ -401,36 +409,47 @@ fn no_dad_in_pod(ifname: &str, leases: &[IpNet]) -> Result<(), CniError> {
     })
 }
 
+/// The pod end of a new veth.
+struct PodEnd<'a> {
+    netns: &'a File,
+    netns_path: &'a Path,
+    ifname: &'a str,
+    /// Its index, when the veth's creation reported it.
+    index: Option<u32>,
+}
+
 /// Configures the pod end of a new veth through a connection made inside the pod's
 /// namespace: up, its addresses, the default routes through the gateways; returns once
 /// it is operationally up.
-fn configure_pod(
-    netns: &File,
-    ifname: &str,
-    netns_path: &Path,
-    leases: &[IpNet],
-) -> Result<ResultInterface, CniError> {
-    // Subscribed before the first request (so on the same socket): the interface
-    // coming up is then read from notifications.
-    let mut pod = Netlink::on_this_thread_in_netns(netns, netns_path, || {
+fn configure_pod(end: &PodEnd, leases: &[IpNet]) -> Result<ResultInterface, CniError> {
+    // Subscribed before the first request (so on the same socket) while the interface
+    // is still down: its coming up is then read from notifications, with its address.
+    let mut pod = Netlink::on_this_thread_in_netns(end.netns, end.netns_path, || {
         let mut pod = Netlink::new()?;
         pod.subscribe_links()?;
-        no_dad_in_pod(ifname, leases)?;
+        no_dad_in_pod(end.ifname, leases)?;
         Ok::<_, CniError>(pod)
     })??;
-    let link = pod.link_by_name(ifname)?.ok_or_else(|| {
-        CniError::new(
-            Code::Io,
-            "pod interface missing",
-            format!("{ifname} is not in {}", netns_path.display()),
-        )
-    })?;
+    let index = match end.index {
+        Some(index) => index,
+        None => {
+            pod.link_by_name(end.ifname)?
+                .ok_or_else(|| {
+                    CniError::new(
+                        Code::Io,
+                        "pod interface missing",
+                        format!("{} is not in {}", end.ifname, end.netns_path.display()),
+                    )
+                })?
+                .index
+        }
+    };
     // Up first: an IPv6 address added to a link that is down joins its solicited-node
     // group only when the link comes up, after a random delay of up to a second, and
     // until then the host's neighbour solicitations for it go unanswered.
-    pod.set_link(link.index, true, None)?;
+    pod.set_link(index, true, None)?;
     for lease in leases {
-        pod.add_address(link.index, lease.addr(), lease.prefix_len(), Dad::Skip)?;
+        pod.add_address(index, lease.addr(), lease.prefix_len(), Dad::Skip)?;
     }
     for lease in leases {
         let gateway = NetConf::gateway(&lease.trunc());
@@ -443,15 +462,29 @@ fn configure_pod(
             dst,
             prefix: 0,
             gateway: Some(gateway),
-            oif: Some(link.index),
+            oif: Some(index),
             protocol: RTPROT_BOOT,
         })?;
     }
-    pod.wait_oper_up(link.index, OPER_UP_TIMEOUT)?;
+    let link = pod.wait_subscribed_oper_up(index, OPER_UP_TIMEOUT)?;
+    if link.name != end.ifname {
+        // The index the kernel reported is the pod end's by construction; a different
+        // name there would mean the pod namespace is not the one the veth went into.
+        return Err(CniError::new(
+            Code::Io,
+            "pod interface mismatch",
+            format!(
+                "link {index} in {} is {}, not {}",
+                end.netns_path.display(),
+                link.name,
+                end.ifname
+            ),
+        ));
+    }
     Ok(ResultInterface {
         name: link.name,
         mac: mac_string(&link.mac),
-        sandbox: Some(netns_path.display().to_string()),
+        sandbox: Some(end.netns_path.display().to_string()),
     })
 }
 

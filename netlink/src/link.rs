@@ -43,6 +43,9 @@ pub struct LinkInfo {
     pub kind: LinkKind,
     /// Its hardware address.
     pub mac: Vec<u8>,
+    /// `IFLA_LINK`: the link it sits on; for a veth, its peer's index (in the peer's
+    /// namespace, which may not be this one).
+    pub peer: Option<u32>,
 }
 
 impl LinkInfo {
@@ -56,6 +59,7 @@ impl LinkInfo {
             master: None,
             kind: LinkKind::Other(String::new()),
             mac: Vec::new(),
+            peer: None,
         };
         let mut state = State::Unknown;
         for attr in &msg.attributes {
@@ -65,6 +69,7 @@ impl LinkInfo {
                 LinkAttribute::Controller(m) => info.master = Some(*m),
                 LinkAttribute::OperState(s) => state = *s,
                 LinkAttribute::Address(a) => info.mac = a.clone(),
+                LinkAttribute::Link(l) => info.peer = Some(*l),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
@@ -88,6 +93,9 @@ impl LinkInfo {
         info
     }
 }
+
+/// The rtnetlink multicast group of link changes.
+const RTNLGRP_LINK: u32 = 1;
 
 pub(crate) fn by_index(index: u32) -> LinkMessage {
     let mut msg = LinkMessage::default();
@@ -195,7 +203,8 @@ impl Netlink {
     /// Returns the new link here as the kernel echoes it (Linux 6.3 and later answer
     /// `NLM_F_ECHO` on link creation), so no lookup is needed; `None` from a kernel
     /// that does not echo. The echo is taken before the link joins `master`: its
-    /// index, name and address are final, its `master` not yet set.
+    /// index, name and address are final, its `master` not yet set; its `peer` is the
+    /// index of the end made in `peer_netns`.
     pub fn add_veth(
         &mut self,
         name: &str,
@@ -301,8 +310,8 @@ impl Netlink {
     }
 
     /// Waits for link `name` to appear in this namespace (from notifications: call
-    /// [`Netlink::subscribe_links`] before whatever creates it, and make no request in
-    /// between, as requests skip notifications).
+    /// [`Netlink::subscribe_links`] before whatever creates it; requests made in
+    /// between leave them queued).
     pub fn wait_link_named(&mut self, name: &str, timeout: Duration) -> Result<LinkInfo> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -327,7 +336,6 @@ impl Netlink {
 
     /// Subscribes to link notifications (RTNLGRP_LINK).
     pub fn subscribe_links(&mut self) -> Result<()> {
-        const RTNLGRP_LINK: u32 = 1;
         self.subscribe(RTNLGRP_LINK)
     }
 
@@ -335,16 +343,46 @@ impl Netlink {
     /// notifications (no polling sleeps). Returns the link as last seen.
     pub fn wait_oper_up(&mut self, index: u32, timeout: Duration) -> Result<LinkInfo> {
         self.subscribe_links()?;
-        let deadline = Instant::now() + timeout;
-        let mut link = self.link_by_index(index)?.ok_or(Error::Kernel {
+        let link = self.link_by_index(index)?.ok_or(Error::Kernel {
             op: format!("waiting for link {index}"),
             errno: Errno::ENODEV,
         })?;
-        while !link.oper_up {
+        self.wait_oper_up_after(index, Some(link), timeout)
+    }
+
+    /// [`Netlink::wait_oper_up`] without its lookup, for a caller that subscribed
+    /// ([`Netlink::subscribe_links`]) while link `index` was down and has set it up
+    /// since: every change it went through is then among the notifications (requests
+    /// made in between leave them queued). Returns the link as the notification that
+    /// reported it up describes it.
+    pub fn wait_subscribed_oper_up(&mut self, index: u32, timeout: Duration) -> Result<LinkInfo> {
+        if !self.groups.contains(&RTNLGRP_LINK) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "waiting for a link's notifications without subscribing to them",
+            )));
+        }
+        self.wait_oper_up_after(index, None, timeout)
+    }
+
+    /// Reads link notifications until link `index` is operationally up (`seen`: as
+    /// known so far).
+    fn wait_oper_up_after(
+        &mut self,
+        index: u32,
+        mut seen: Option<LinkInfo>,
+        timeout: Duration,
+    ) -> Result<LinkInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(link) = seen.take_if(|l| l.oper_up) {
+                return Ok(link);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let name = seen.map_or_else(|| index.to_string(), |l| l.name);
                 return Err(Error::Kernel {
-                    op: format!("link {} did not come up within {timeout:?}", link.name),
+                    op: format!("link {name} did not come up within {timeout:?}"),
                     errno: Errno::ETIMEDOUT,
                 });
             }
@@ -352,10 +390,9 @@ impl Netlink {
                 if let RouteNetlinkMessage::NewLink(l) = msg
                     && l.header.index == index
                 {
-                    link = LinkInfo::from_message(&l);
+                    seen = Some(LinkInfo::from_message(&l));
                 }
             }
         }
-        Ok(link)
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use podnet_netlink::{Netlink, Route, RouteFilter};
+use podnet_netlink::{Dad, Netlink, Route, RouteFilter};
 
 fn ip(args: &[&str]) {
     ip_out(args);
@@ -82,6 +82,48 @@ fn a_veth_is_made_whole_in_one_request_and_echoed() {
         (&host.name, host.index, &host.mac)
     );
     assert_eq!(echoed.mac.len(), 6);
+    // The echo names the pod end by its index in the pod's namespace …
+    let pod_end = ip_out(&["-n", &pod.0, "-o", "link", "show", "dev", "eth0"]);
+    let pod_index = pod_end
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok());
+    assert_eq!(echoed.peer, pod_index, "{pod_end}");
+    // … which a connection there, subscribed while it is down, sees come up from
+    // notifications alone, a request in between taking none of them.
+    let mut in_pod = Netlink::in_netns(&pod.path()).unwrap_or_else(|e| panic!("{e}"));
+    let index = echoed.peer.unwrap_or_default();
+    assert!(
+        in_pod
+            .wait_subscribed_oper_up(index, Duration::from_millis(10))
+            .is_err(),
+        "waiting without a subscription is refused"
+    );
+    in_pod.subscribe_links().unwrap_or_else(|e| panic!("{e}"));
+    in_pod
+        .set_link(index, true, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    in_pod
+        .add_address(
+            index,
+            "198.18.7.2".parse().unwrap_or_else(|e| panic!("{e}")),
+            24,
+            Dad::Skip,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let up = in_pod
+        .wait_subscribed_oper_up(index, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        up.oper_up && up.name == "eth0" && up.mac.len() == 6,
+        "{up:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "came up after {:?} (a timeout, not a notification)",
+        started.elapsed()
+    );
     assert!(
         host.up && host.mtu == 1400 && host.master == Some(bridge.index),
         "{host:?}"

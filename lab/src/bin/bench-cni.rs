@@ -269,38 +269,72 @@ impl Drop for Pods {
     }
 }
 
+/// One plugin's timings.
+#[derive(Default)]
+struct Rounds {
+    seq_add: Vec<Duration>,
+    seq_del: Vec<Duration>,
+    par_add: Vec<Duration>,
+    par_del: Vec<Duration>,
+    /// ip-netns harness: its own cost, timed right before each sequential ADD …
+    add_harness: Vec<Duration>,
+    /// … and right before each sequential DEL.
+    del_harness: Vec<Duration>,
+    /// With a kernel floor: its removals, each timed beside one sequential DEL.
+    floor_del: Vec<Duration>,
+}
+
 /// Sequential and concurrent ADD/DEL latencies of one plugin, on a node already
 /// holding `o.preload` of its pods (removed afterwards).
-/// Sequential ADDs, sequential DELs, concurrent ADDs, concurrent DELs, and (ip-netns
-/// harness) the harness's own cost timed right before each sequential ADD.
-fn measure(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
+fn measure(p: &Plugin, o: &Opts, floor: Option<&mut KernelFloor>) -> anyhow::Result<Rounds> {
     let held = Pods::new(&format!("{}h", p.label), o.preload)?;
     for i in 0..o.preload {
         invoke(p, "ADD", &format!("h{i}"), &held.path(i))?;
     }
-    let result = measure_held(p, o);
+    let result = measure_held(p, o, floor);
     for i in 0..o.preload {
         invoke(p, "DEL", &format!("h{i}"), &held.path(i))?;
     }
     result
 }
 
-fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
+fn measure_held(
+    p: &Plugin,
+    o: &Opts,
+    mut floor: Option<&mut KernelFloor>,
+) -> anyhow::Result<Rounds> {
     let pods = Pods::new(p.label, o.pods)?;
-    let mut seq_add = Vec::new();
-    let mut seq_del = Vec::new();
-    // The harness's cost is timed beside the ADDs it is subtracted from, not in a run of
-    // its own: this machine's speed drifts from minute to minute, and a floor measured
-    // apart once moved the difference by more than podnet-cni's whole ADD.
-    let mut harness = Vec::new();
+    let mut r = Rounds::default();
+    // The harness's cost is timed beside the calls it is subtracted from, not in a run
+    // of its own: this machine's speed drifts from minute to minute, and a floor
+    // measured apart once moved the difference by more than podnet-cni's whole ADD.
+    let via_ip_netns = o.via_ip_netns.is_some();
     for i in 0..o.pods {
-        if o.via_ip_netns.is_some() {
-            harness.extend(harness_floor(1)?);
+        if via_ip_netns {
+            r.add_harness.extend(harness_floor(1)?);
         }
-        seq_add.push(invoke(p, "ADD", &format!("s{i}"), &pods.path(i))?);
+        r.seq_add
+            .push(invoke(p, "ADD", &format!("s{i}"), &pods.path(i))?);
     }
     for i in 0..o.pods {
-        seq_del.push(invoke(p, "DEL", &format!("s{i}"), &pods.path(i))?);
+        if via_ip_netns {
+            r.del_harness.extend(harness_floor(1)?);
+        }
+        let del = || invoke(p, "DEL", &format!("s{i}"), &pods.path(i));
+        match floor.as_deref_mut() {
+            None => r.seq_del.push(del()?),
+            Some(floor) if i % 2 == 0 => {
+                r.seq_del.push(del()?);
+                r.floor_del.push(floor.remove_next()?);
+            }
+            Some(floor) => {
+                r.floor_del.push(floor.remove_next()?);
+                r.seq_del.push(del()?);
+            }
+        }
+    }
+    if o.concurrent == 0 {
+        return Ok(r);
     }
     let batch = Pods::new(&format!("{}c", p.label), o.concurrent)?;
     let run_all = |cmd: &'static str| -> anyhow::Result<Vec<Duration>> {
@@ -319,12 +353,9 @@ fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
                 .collect()
         })
     };
-    if o.concurrent == 0 {
-        return Ok([seq_add, seq_del, Vec::new(), Vec::new(), harness]);
-    }
-    let par_add = run_all("ADD")?;
-    let par_del = run_all("DEL")?;
-    Ok([seq_add, seq_del, par_add, par_del, harness])
+    r.par_add = run_all("ADD")?;
+    r.par_del = run_all("DEL")?;
+    Ok(r)
 }
 
 /// The kernel floor for DEL: `ip link del` of a veth pair like the plugins make — host
@@ -333,75 +364,102 @@ fn measure_held(p: &Plugin, o: &Opts) -> anyhow::Result<[Vec<Duration>; 5]> {
 /// 2026-12-04 the pod end had no address or route: removing them is part of what the
 /// kernel does for either plugin's DEL, and the floor left it out; and each pair was
 /// removed right after it was made, not one after another as the plugins' DELs run.)
-fn kernel_floor(n: usize, preload: usize) -> anyhow::Result<Vec<Duration>> {
-    let pods = Pods::new("floor", n)?;
-    sh(&["ip", "link", "add", "pnbfbr", "type", "bridge"])?;
-    sh(&["ip", "addr", "add", "10.252.0.1/16", "dev", "pnbfbr"])?;
-    sh(&["ip", "link", "set", "pnbfbr", "up"])?;
-    // As many other ports on the bridge as the plugins' nodes hold pods.
-    for i in 0..preload {
-        let name = format!("pnbh{i}");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("pnbp{i}"),
-        ])?;
-        sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
+///
+/// All pairs are made first; each is then removed right beside one of podnet-cni's
+/// sequential DELs (alternating which goes first). A veth removal on a VM takes one of
+/// two times a few milliseconds apart (how many RCU grace periods it waits out), and the
+/// mix drifts over minutes: floor and plugin timed in separate phases could land in
+/// different modes, timed in pairs they see the same machine.
+struct KernelFloor {
+    pods: Pods,
+    preload: usize,
+    removed: usize,
+}
+
+impl KernelFloor {
+    fn new(n: usize, preload: usize) -> anyhow::Result<Self> {
+        let floor = Self {
+            pods: Pods::new("floor", n)?,
+            preload,
+            removed: 0,
+        };
+        sh(&["ip", "link", "add", "pnbfbr", "type", "bridge"])?;
+        sh(&["ip", "addr", "add", "10.252.0.1/16", "dev", "pnbfbr"])?;
+        sh(&["ip", "link", "set", "pnbfbr", "up"])?;
+        // As many other ports on the bridge as the plugins' nodes hold pods.
+        for i in 0..preload {
+            let name = format!("pnbh{i}");
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("pnbp{i}"),
+            ])?;
+            sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
+        }
+        for (i, ns) in floor.pods.0.iter().enumerate() {
+            let name = format!("pnbf{i}");
+            sh(&[
+                "ip", "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ])?;
+            sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
+            sh(&[
+                "ip",
+                "link",
+                "set",
+                &name,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "on",
+            ])?;
+            let k = i + 2;
+            let addr = format!("10.252.{}.{}/16", (k >> 8) & 255, k & 255);
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.252.0.1",
+                "dev",
+                "eth0",
+            ])?;
+        }
+        Ok(floor)
     }
-    let mut out = Vec::new();
-    for i in 0..n {
-        let name = format!("pnbf{i}");
-        sh(&[
-            "ip", "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &pods.0[i],
-        ])?;
-        sh(&["ip", "link", "set", &name, "master", "pnbfbr", "up"])?;
-        sh(&[
-            "ip",
-            "link",
-            "set",
-            &name,
-            "type",
-            "bridge_slave",
-            "hairpin",
-            "on",
-        ])?;
-        let ns = pods.0[i].as_str();
-        let k = i + 2;
-        let addr = format!("10.252.{}.{}/16", (k >> 8) & 255, k & 255);
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
-        sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.252.0.1",
-            "dev",
-            "eth0",
-        ])?;
-    }
-    // Then removed one after another, as the plugins' DELs run: a removal right after
-    // another also waits out what the kernel still defers from the one before.
-    for i in 0..n {
-        let name = format!("pnbf{i}");
+
+    /// Removes the next pair: `ip link del` of its host end, timed.
+    fn remove_next(&mut self) -> anyhow::Result<Duration> {
+        ensure!(self.removed < self.pods.0.len(), "no floor pair left");
+        let name = format!("pnbf{}", self.removed);
         let start = Instant::now();
         sh(&["ip", "link", "del", &name])?;
-        out.push(start.elapsed());
+        let took = start.elapsed();
+        self.removed += 1;
+        Ok(took)
     }
-    for i in 0..preload {
-        sh(&["ip", "link", "del", &format!("pnbh{i}")])?;
+}
+
+impl Drop for KernelFloor {
+    fn drop(&mut self) {
+        for i in self.removed..self.pods.0.len() {
+            let _ = sh(&["ip", "link", "del", &format!("pnbf{i}")]);
+        }
+        for i in 0..self.preload {
+            let _ = sh(&["ip", "link", "del", &format!("pnbh{i}")]);
+        }
+        let _ = sh(&["ip", "link", "del", "pnbfbr"]);
     }
-    sh(&["ip", "link", "del", "pnbfbr"])?;
-    Ok(out)
 }
 
 fn inner(o: &Opts) -> anyhow::Result<()> {
@@ -431,16 +489,16 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
         invoke(p, "ADD", "warm", &w.path(0))?;
         invoke(p, "DEL", "warm", &w.path(0))?;
     }
-    let [r_sa, r_sd, r_pa, r_pd, mut r_h] = measure(&reference, o)?;
-    let [p_sa, p_sd, p_pa, p_pd, mut p_h] = measure(&podnet, o)?;
-    let mut floor = kernel_floor(o.pods, o.preload)?;
-    // The ip-netns harness's own cost, timed beside each plugin's ADDs and subtracted
-    // from that plugin's medians.
-    let (hr, hp) = if o.via_ip_netns.is_some() {
-        (pct(&mut r_h, 0.5), pct(&mut p_h, 0.5))
-    } else {
-        (0.0, 0.0)
-    };
+    let mut r = measure(&reference, o, None)?;
+    let mut kernel_floor = KernelFloor::new(o.pods, o.preload)?;
+    let mut p = measure(&podnet, o, Some(&mut kernel_floor))?;
+    drop(kernel_floor);
+    // The ip-netns harness's own cost, timed beside each plugin's sequential ADDs and
+    // DELs and subtracted from that plugin's medians (the ADD one also from the
+    // concurrent rounds').
+    let harness = |v: &mut Vec<Duration>| if v.is_empty() { 0.0 } else { pct(v, 0.5) };
+    let (r_ha, p_ha) = (harness(&mut r.add_harness), harness(&mut p.add_harness));
+    let (r_hd, p_hd) = (harness(&mut r.del_harness), harness(&mut p.del_harness));
     let mut rec = podnet_lab::bench::Record::new(
         "bench-cni",
         o.preload,
@@ -452,59 +510,71 @@ fn inner(o: &Opts) -> anyhow::Result<()> {
     );
     if o.via_ip_netns.is_some() {
         println!(
-            "harness: ip netns exec <node> true, timed before each ADD: median {hr:.2} ms beside the reference, {hp:.2} ms beside podnet-cni (each subtracted from its own medians below)"
+            "harness: ip netns exec <node> true, timed before each sequential call: median {r_ha:.2} / {r_hd:.2} ms beside the reference's ADDs / DELs, {p_ha:.2} / {p_hd:.2} ms beside podnet-cni's (each subtracted from its own medians below)"
         );
-        rec.set("harness_ms", vec![hp, hr]);
+        rec.set("harness_ms", vec![p_ha, r_ha, p_hd, r_hd]);
     }
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>10}",
         "median ms (p90)", "reference", "podnet", "ratio", ""
     );
-    for (key, name, mut r, mut p) in [
-        ("add", format!("ADD, {} sequential", o.pods), r_sa, p_sa),
+    for (key, name, rv, pv, hr, hp) in [
+        (
+            "add",
+            format!("ADD, {} sequential", o.pods),
+            &mut r.seq_add,
+            &mut p.seq_add,
+            r_ha,
+            p_ha,
+        ),
         (
             "add_concurrent",
             format!("ADD, {} concurrent", o.concurrent),
-            r_pa,
-            p_pa,
+            &mut r.par_add,
+            &mut p.par_add,
+            r_ha,
+            p_ha,
         ),
         (
             "del",
             format!("DEL, {} sequential", o.pods),
-            r_sd.clone(),
-            p_sd.clone(),
+            &mut r.seq_del,
+            &mut p.seq_del,
+            r_hd,
+            p_hd,
         ),
         (
             "del_concurrent",
             format!("DEL, {} concurrent", o.concurrent),
-            r_pd,
-            p_pd,
+            &mut r.par_del,
+            &mut p.par_del,
+            r_ha,
+            p_ha,
         ),
     ] {
-        if r.is_empty() {
+        if rv.is_empty() {
             continue;
         }
-        let (rm, pm) = (pct(&mut r, 0.5) - hr, pct(&mut p, 0.5) - hp);
+        let (rm, pm) = (pct(rv, 0.5) - hr, pct(pv, 0.5) - hp);
         println!(
             "{name:<28} {rm:>6.2} ({:>5.2}) {pm:>6.2} ({:>5.2}) {:>7.2}x",
-            pct(&mut r, 0.9) - hr,
-            pct(&mut p, 0.9) - hp,
+            pct(rv, 0.9) - hr,
+            pct(pv, 0.9) - hp,
             pm / rm
         );
         let ms = |v: &[Duration], h: f64| v.iter().map(|d| d.as_secs_f64() * 1e3 - h).collect();
-        rec.set(&format!("{key}_ref_ms"), ms(&r, hr));
-        rec.set(&format!("{key}_podnet_ms"), ms(&p, hp));
+        rec.set(&format!("{key}_ref_ms"), ms(rv, hr));
+        rec.set(&format!("{key}_podnet_ms"), ms(pv, hp));
     }
-    let fm = pct(&mut floor, 0.5);
-    let mut p_sd = p_sd;
-    let pdm = pct(&mut p_sd, 0.5) - hp;
+    let fm = pct(&mut p.floor_del, 0.5);
+    let pdm = pct(&mut p.seq_del, 0.5) - p_hd;
     println!(
-        "kernel floor (ip link del of a veth, sequential): median {fm:.2} ms; podnet DEL / floor = {:.2}x",
+        "kernel floor (ip link del of a veth, each beside one podnet-cni DEL): median {fm:.2} ms; podnet DEL / floor = {:.2}x",
         pdm / fm
     );
     rec.set(
         "del_floor_ms",
-        floor.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
+        p.floor_del.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
     );
     rec.append_to(o.json.as_deref())?;
     if !o.hostport {

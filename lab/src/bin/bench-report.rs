@@ -358,14 +358,19 @@ fn cni(records: &[Record], md: &mut String, dir: &Path, rel: &str) -> anyhow::Re
     for variant in ["direct", "ip-netns"] {
         let rs = select(records, "bench-cni", Some(variant));
         for r in &rs {
-            let h = series(r, "harness_ms").first().copied();
+            // podnet's ADD-side harness cost, then (since 2026-12-04) its DEL-side one.
+            let h = series(r, "harness_ms");
+            let harness = match h {
+                [] => String::new(),
+                [add, _, del, ..] => format!(" (harness {add:.2} / {del:.2} ms)"),
+                [add, ..] => format!(" (harness {add:.2} ms)"),
+            };
             writeln!(
                 md,
                 "| {} | {}{} | {} ms | {} ms | **{:.2}×** | {} ms | {} ms | **{:.2}×** | {} ms |",
                 r.size,
                 variant,
-                h.map(|h| format!(" (harness {h:.2} ms)"))
-                    .unwrap_or_default(),
+                harness,
                 cell(series(r, "add_ref_ms"), 2),
                 cell(series(r, "add_podnet_ms"), 2),
                 median(series(r, "add_podnet_ms")) / median(series(r, "add_ref_ms")),
