@@ -100,9 +100,20 @@ fn octets(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// A nexthop object from an RTM_NEWNEXTHOP payload; `None` for groups, blackholes and
-/// objects without a gateway or device (none of them podnet's).
-fn parse_nexthop(p: &[u8]) -> Option<Nexthop> {
+/// What an RTM_NEWNEXTHOP payload describes.
+enum Parsed {
+    /// An object with a gateway and a device (the only kind podnet makes).
+    Gateway(Nexthop),
+    /// A group: the ids of its members.
+    Group(Vec<u32>),
+    /// A blackhole, or an object without a gateway or device.
+    Other,
+}
+
+/// `struct nexthop_grp`: id (u32), weight, weight_high, reserved (u16).
+const NEXTHOP_GRP_LEN: usize = 8;
+
+fn parse_nexthop(p: &[u8]) -> Option<Parsed> {
     let header = p.get(..NHMSG_LEN)?;
     let (family, protocol) = (header[0], header[2]);
     let (mut id, mut oif, mut gateway) = (None, None, None);
@@ -111,40 +122,70 @@ fn parse_nexthop(p: &[u8]) -> Option<Nexthop> {
             NHA_ID if value.len() == 4 => id = Some(ne_u32(value)),
             NHA_OIF if value.len() == 4 => oif = Some(ne_u32(value)),
             NHA_GATEWAY => gateway = address_from(family, value),
-            NHA_GROUP | NHA_BLACKHOLE => return None,
+            NHA_GROUP => {
+                return Some(Parsed::Group(
+                    value
+                        .chunks_exact(NEXTHOP_GRP_LEN)
+                        .map(|m| ne_u32(&m[..4]))
+                        .collect(),
+                ));
+            }
+            NHA_BLACKHOLE => return Some(Parsed::Other),
             _ => {}
         }
     }
-    Some(Nexthop {
-        id: id?,
-        gateway: gateway?,
-        oif: oif?,
-        protocol,
+    Some(match (id, gateway, oif) {
+        (Some(id), Some(gateway), Some(oif)) => Parsed::Gateway(Nexthop {
+            id,
+            gateway,
+            oif,
+            protocol,
+        }),
+        _ => Parsed::Other,
     })
+}
+
+/// The gateway object an RTM_NEWNEXTHOP payload describes, if it is one.
+fn parse_gateway(p: &[u8]) -> Option<Nexthop> {
+    match parse_nexthop(p)? {
+        Parsed::Gateway(n) => Some(n),
+        _ => None,
+    }
 }
 
 impl Netlink {
     /// Every nexthop object of the namespace with a gateway and a device.
     pub fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
+        Ok(self.nexthop_objects()?.0)
+    }
+
+    /// Every gateway object of the namespace, and the ids that groups hold as members.
+    fn nexthop_objects(&mut self) -> Result<(Vec<Nexthop>, HashSet<u32>)> {
         let mut tries = 0;
         loop {
             self.dump_seq = self.dump_seq.wrapping_add(1);
             let request = nexthop_request(RTM_GETNEXTHOP, NLM_F_DUMP, 0, 0, &[]);
             let mut found = Vec::new();
+            let mut members = HashSet::new();
             let interrupted = dump(
                 &self.dumps,
                 request,
                 self.dump_seq,
                 "listing nexthops",
                 |kind, p| {
-                    if kind == RTM_NEWNEXTHOP {
-                        found.extend(parse_nexthop(p));
+                    if kind != RTM_NEWNEXTHOP {
+                        return;
+                    }
+                    match parse_nexthop(p) {
+                        Some(Parsed::Gateway(n)) => found.push(n),
+                        Some(Parsed::Group(ids)) => members.extend(ids),
+                        Some(Parsed::Other) | None => {}
                     }
                 },
             )?;
             tries += 1;
             if !interrupted || tries == 3 {
-                return Ok(found);
+                return Ok((found, members));
             }
         }
     }
@@ -252,7 +293,7 @@ impl Netlink {
             match echoed
                 .iter()
                 .filter(|(kind, _)| *kind == RTM_NEWNEXTHOP)
-                .find_map(|(_, p)| parse_nexthop(p))
+                .find_map(|(_, p)| parse_gateway(p))
             {
                 Some(n) => {
                     known.insert(*key, n.id);
@@ -278,12 +319,13 @@ impl Netlink {
     }
 
     /// Deletes the nexthop objects of `protocol` that no route refers to (in any
-    /// table); returns how many. Deleting an object would delete the routes through it,
-    /// so one still referred to is never touched.
+    /// table) and no group holds; returns how many. Deleting an object would delete
+    /// the routes through it, and take it out of every group that holds it (a group
+    /// left empty goes too, with its routes), so one still in use is never touched.
     pub fn prune_nexthops(&mut self, protocol: u8) -> Result<usize> {
         self.forget_nexthops();
-        let ours: Vec<u32> = self
-            .nexthops()?
+        let (objects, mut used) = self.nexthop_objects()?;
+        let ours: Vec<u32> = objects
             .into_iter()
             .filter(|n| n.protocol == protocol)
             .map(|n| n.id)
@@ -291,7 +333,7 @@ impl Netlink {
         if ours.is_empty() {
             return Ok(0);
         }
-        let used = self.referenced_nexthops()?;
+        used.extend(self.referenced_nexthops()?);
         let stale: Vec<u32> = ours.into_iter().filter(|id| !used.contains(id)).collect();
         let requests = stale
             .iter()

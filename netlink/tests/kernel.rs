@@ -369,6 +369,16 @@ fn routes_through_nexthop_objects_read_back_and_leave_nothing_behind() {
         "proto",
         "static",
     ]);
+    // And one of protocol 233 that another owner's group holds, a route using the group.
+    for args in [
+        "nexthop add id 9 via 198.18.0.79 dev pnn0 proto 233",
+        "nexthop add id 10 group 9 proto static",
+        "route add 10.97.0.0/24 nhid 10 proto static",
+    ] {
+        let mut all = vec!["-n", &ns.0];
+        all.extend(args.split(' '));
+        ip(&all);
+    }
     let mut nl = Netlink::in_netns(&ns.path()).unwrap_or_else(|e| panic!("{e}"));
     let pnn0 = nl
         .link_by_name("pnn0")
@@ -408,7 +418,7 @@ fn routes_through_nexthop_objects_read_back_and_leave_nothing_behind() {
         o.sort();
         o
     };
-    assert_eq!(objects(&mut nl).len(), 2 + 3, "{:?}", objects(&mut nl));
+    assert_eq!(objects(&mut nl).len(), 3 + 3, "{:?}", objects(&mut nl));
     // With the compatibility mode off, dumps carry only the id: read back the same.
     ip(&[
         "netns",
@@ -439,13 +449,19 @@ fn routes_through_nexthop_objects_read_back_and_leave_nothing_behind() {
         "the objects via .2 and .3"
     );
     let left: Vec<IpAddr> = objects(&mut nl).into_iter().map(|(_, gw, _)| gw).collect();
-    for gw in ["198.18.0.77", "198.18.0.78", "198.18.0.4", "198.18.0.5"] {
+    for gw in [
+        "198.18.0.77",
+        "198.18.0.78",
+        "198.18.0.79",
+        "198.18.0.4",
+        "198.18.0.5",
+    ] {
         assert!(
             left.contains(&gw.parse().unwrap_or_else(|e| panic!("{e}"))),
             "{gw}: {left:?}"
         );
     }
-    assert_eq!(left.len(), 4);
+    assert_eq!(left.len(), 5);
     assert_eq!(ours(&mut nl), vec![route(1, 5), route(3, 4), route(4, 4)]);
     // Someone deletes an object this connection knows (the kernel removes its routes
     // with it): the next write is refused, reads the objects again and makes it anew.
@@ -469,6 +485,7 @@ fn routes_through_nexthop_objects_read_back_and_leave_nothing_behind() {
     }
     assert_eq!(nl.prune_nexthops(233).unwrap_or_else(|e| panic!("{e}")), 3);
     let left: Vec<u32> = objects(&mut nl).into_iter().map(|(id, _, _)| id).collect();
-    assert_eq!(left, vec![7, 8]);
+    assert_eq!(left, vec![7, 8, 9]);
     assert!(ip_out(&["-n", &ns.0, "route", "show", "10.98.0.0/24"]).contains("nhid 8"));
+    assert!(ip_out(&["-n", &ns.0, "route", "show", "10.97.0.0/24"]).contains("nhid 10"));
 }

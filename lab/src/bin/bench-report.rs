@@ -83,7 +83,13 @@ fn main() -> anyhow::Result<()> {
     writeln!(md, "```\n\n{END}")?;
     let doc = std::fs::read_to_string(&cli.doc).unwrap_or_default();
     let out = match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{}{}", &doc[..b], md, &doc[e + END.len()..]),
+        // One blank line after the section, however many the last run left.
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}\n{}",
+            &doc[..b],
+            md,
+            doc[e + END.len()..].trim_start_matches('\n')
+        ),
         _ => {
             // First time: after the document's introduction (before its first section).
             let at = doc.find("\n## ").map_or(doc.len(), |i| i + 1);
