@@ -350,7 +350,7 @@ fn cni(records: &[Record], md: &mut String, dir: &Path, rel: &str) -> anyhow::Re
     )?;
     writeln!(
         md,
-        "Sequential, one pod at a time; the `ip-netns` harness execs each plugin through `ip netns exec <node>` and subtracts that path's own cost, `ip netns exec <node> true` timed before each ADD (`harness`: its median beside podnet-cni).\n"
+        "Sequential, one pod at a time; the `ip-netns` harness execs each plugin through `ip netns exec <node>` and subtracts that path's own cost, `ip netns exec <node> true` timed before each ADD and each DEL (`harness`: its medians beside podnet-cni's ADDs / DELs). The floor's veths are removed one by one, each right beside one of podnet-cni's DELs (alternating which goes first), so both see the same machine.\n"
     )?;
     writeln!(
         md,
